@@ -1,0 +1,3 @@
+"""charrnn: character-level RNN language models from the command line."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from charrnn.cli import app
+
+app(prog_name="charrnn")

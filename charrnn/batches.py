@@ -1,0 +1,45 @@
+"""Truncated-BPTT streams: B contiguous streams over the text, read seq_len characters at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+def min_chars(batch_size: int, seq_len: int) -> int:
+    """Fewest characters that give every one of batch_size streams one full window plus its last target."""
+    return batch_size * seq_len + 1
+
+
+class Streams:
+    """The text cut into B contiguous streams of L = (N - 1) // B input characters each.
+
+    Window w of an epoch is x = streams[:, wT : wT + T], y shifted by one character. Stream b's last
+    target is text[(b + 1) L], inside the text: no target ever wraps to the corpus start.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, full_windows: bool = True):
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.stream_len = (len(ids) - 1) // batch_size  # L
+        if self.stream_len < (seq_len if full_windows else 1):
+            raise ValueError(f"{len(ids)} characters is too few for {batch_size} streams of {seq_len}")
+        n = batch_size * self.stream_len
+        self.x = torch.from_numpy(np.asarray(ids[:n], dtype=np.int64)).view(batch_size, -1)  # (B, L)
+        self.y = torch.from_numpy(np.asarray(ids[1 : n + 1], dtype=np.int64)).view(batch_size, -1)  # (B, L)
+        self.full_windows = full_windows
+
+    def __len__(self) -> int:
+        """Windows per epoch. With full_windows=False a shorter last window takes the remainder."""
+        whole, rest = divmod(self.stream_len, self.seq_len)
+        return whole + (0 if self.full_windows or rest == 0 else 1)
+
+    def window(self, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (B, T) int64: inputs and next-character targets."""
+        t = w * self.seq_len
+        return self.x[:, t : t + self.seq_len], self.y[:, t : t + self.seq_len]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for w in range(len(self)):
+            yield self.window(w)

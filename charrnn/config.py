@@ -1,0 +1,114 @@
+"""Every default lives here, one comment each. Precedence: defaults < --config TOML < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from charrnn.errors import UsageError
+
+CELLS = ("lstm", "gru", "rnn")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class ModelConfig:
+    cell: str = "lstm"  # recurrent cell: lstm | gru | rnn
+    vocab_size: int = 0  # number of distinct characters; set from the corpus
+    embed_size: int = 64  # character embedding width
+    hidden_size: int = 256  # units per recurrent layer
+    num_layers: int = 2  # stacked recurrent layers
+    dropout: float = 0.1  # between recurrent layers and before the output layer
+
+    def validate(self) -> None:
+        if self.cell not in CELLS:
+            raise UsageError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
+        for name in ("embed_size", "hidden_size", "num_layers"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.dropout < 1:
+            raise UsageError("--dropout must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # B parallel streams over the training text
+    seq_len: int = 128  # T characters per window; gradients flow back this far (truncated BPTT)
+    lr: float = 3e-3  # peak AdamW learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warmup from 0 to lr
+    min_lr_frac: float = 0.1  # cosine decay ends at lr * min_lr_frac
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    max_steps: int | None = None  # step budget
+    epochs: float | None = None  # budget in passes over the training split
+    minutes: float | None = None  # wall-clock budget
+    eval_every: int = 250  # steps between validations (and checkpoints)
+    log_every: int = 25  # steps between metrics lines
+    val_frac: float = 0.1  # held-out tail of the corpus used for validation
+    seed: int = 1337  # seeds torch so runs repeat
+    device: str = "auto"  # auto: cuda, then mps, then cpu
+
+    def validate(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 < self.val_frac < 1:
+            raise UsageError("--val-frac must be between 0 and 1 (exclusive)")
+        if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise UsageError("--lr must be positive; --grad-clip and --warmup-steps must not be negative")
+        for name in ("max_steps", "epochs", "minutes"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+
+    def budgeted(self) -> TrainConfig:
+        """With no budget given, train for DEFAULT_STEPS."""
+        if self.max_steps is None and self.epochs is None and self.minutes is None:
+            return dataclasses.replace(self, max_steps=DEFAULT_STEPS)
+        return self
+
+
+DEFAULT_STEPS = 2000  # budget when none of --max-steps/--epochs/--minutes is given
+
+
+def from_toml(path: Path) -> dict:
+    """Read a --config file: top-level keys or [model]/[train] tables, names as in the dataclasses."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(f"cannot read --config {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--config {path} is not valid TOML: {e}") from None
+    flat = {**data.pop("model", {}), **data.pop("train", {}), **data}
+    known = {f.name for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)} - {"vocab_size"}
+    unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in known)
+    if unknown:
+        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; see charrnn train --help")
+    return {k.replace("-", "_"): v for k, v in flat.items()}
+
+
+def build(overrides: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Split a flat {name: value} dict (None = not given) into validated configs."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    model = ModelConfig(**{k: v for k, v in given.items() if k in model_keys})
+    train = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
+    model.validate()
+    train.validate()
+    return model, train
+
+
+@dataclass
+class SampleConfig:
+    length: int = 1000  # characters to generate after the prime
+    temperature: float = 1.0  # softmax temperature; 0 = argmax
+    prime: str = ""  # text the state is warmed up on, printed first
+    seed: int | None = None  # same checkpoint + same seed -> same text

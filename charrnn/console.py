@@ -1,0 +1,61 @@
+"""The one stderr console, and the training report drawn from Trainer events."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+console = Console(stderr=True, highlight=False)
+LN2 = math.log(2)
+
+
+def error(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def info(message: str) -> None:
+    console.print(escape(message), soft_wrap=True)
+
+
+def nats_bits(nats: float) -> str:
+    return f"{nats:.4f} nats ({nats / LN2:.4f} bits/char)"
+
+
+class TrainReport:
+    """Progress bar on a terminal, plain periodic lines otherwise; a sample at every evaluation."""
+
+    def __init__(self, fraction_done: Callable[[], float], sample: Callable[[], str]):
+        self.fraction_done, self.sample = fraction_done, sample
+        self.val, self.bar = math.nan, None
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("step {task.fields[step]}"), BarColumn(),
+                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                console=console, transient=True)
+            self.task = self.bar.add_task("train", total=1.0, step=0, status="")
+            self.bar.start()
+
+    def __call__(self, event) -> None:
+        m = event.metrics
+        if event.kind == "log":
+            val = "-" if math.isnan(self.val) else f"{self.val:.3f} nats {self.val / LN2:.3f} bpc"
+            status = (f"loss {m['train_loss']:.3f} | val {val}"
+                      f" | {m['chars_per_s']:,.0f} chars/s")
+            if self.bar:
+                self.bar.update(self.task, completed=min(1.0, self.fraction_done()), step=m["step"], status=status)
+            else:
+                info(f"step {m['step']} | epoch {m['epoch']:.2f} | lr {m['lr']:.2e} | {status}")
+        elif event.kind == "eval":
+            self.val = m["val_loss"]
+            mark = " (best)" if m["improved"] else ""
+            info(f"step {m['step']}: val {nats_bits(self.val)}{mark}")
+            console.print(escape(self.sample()), style="dim", soft_wrap=True)
+        elif event.kind == "end" and self.bar:
+            self.bar.stop()

@@ -1,0 +1,150 @@
+"""Trainer: the truncated-BPTT loop. Silent: it reports through events and knows nothing of files or terminals."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from charrnn.batches import Streams
+from charrnn.config import TrainConfig
+from charrnn.device import autocast
+from charrnn.model import CharRNN, State, detach
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # completed passes over the training split
+    window: int = 0  # next window of the current epoch (the cursor of every stream)
+    elapsed_s: float = 0.0  # training wall-clock time, across resumes
+    best_val: float = math.inf  # lowest validation loss so far, nats per character
+    best_step: int = 0  # step at which best_val was reached
+
+
+@dataclass
+class Event:
+    kind: str  # "log" | "eval" | "end"
+    metrics: dict = field(default_factory=dict)
+
+
+def lr_at(cfg: TrainConfig, step: int, total_steps: float, time_frac: float) -> float:
+    """Linear warmup, then cosine decay to lr * min_lr_frac by the end of the budget."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    done = time_frac
+    if math.isfinite(total_steps):
+        done = max(done, (step - cfg.warmup_steps) / max(1.0, total_steps - cfg.warmup_steps))
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
+
+
+@torch.no_grad()
+def evaluate(model: CharRNN, streams: Streams, device: torch.device) -> float:
+    """Mean loss (nats per character) over every window of streams, state carried, no dropout."""
+    was_training = model.training
+    model.eval()
+    state, total, count = None, 0.0, 0
+    for x, y in streams:
+        with autocast(device):
+            logits, state = model(x.to(device), state)  # (B, T, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
+
+
+class Trainer:
+    def __init__(self, model: CharRNN, cfg: TrainConfig, train: Streams, val: Streams, device: torch.device):
+        self.model, self.cfg, self.train, self.val, self.device = model, cfg, train, val, device
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.state: State = model.init_state(cfg.batch_size, device)
+        self.progress = Progress()
+        self.listeners: list[Callable[[Event], None]] = []
+        self.stop_requested = False  # set from a signal handler; honoured at the next step boundary
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self.listeners.append(listener)
+
+    def emit(self, kind: str, **metrics) -> None:
+        for listener in self.listeners:
+            listener(Event(kind, metrics))
+
+    @property
+    def total_steps(self) -> float:
+        """The step budget: the smaller of --max-steps and --epochs (inf if neither)."""
+        limits = [math.inf]
+        if self.cfg.max_steps is not None:
+            limits.append(self.cfg.max_steps)
+        if self.cfg.epochs is not None:
+            limits.append(math.ceil(self.cfg.epochs * len(self.train)))
+        return min(limits)
+
+    def time_frac(self) -> float:
+        return self.progress.elapsed_s / (self.cfg.minutes * 60) if self.cfg.minutes else 0.0
+
+    def finished(self) -> bool:
+        return self.progress.step >= self.total_steps or self.time_frac() >= 1 or self.stop_requested
+
+    def step(self) -> float:
+        """One optimizer step on the next window of every stream; returns the mean training loss."""
+        p = self.progress
+        if p.window == 0:
+            self.state = self.model.init_state(self.cfg.batch_size, self.device)
+        x, y = self.train.window(p.window)  # (B, T) each
+        x, y = x.to(self.device), y.to(self.device)
+        lr = lr_at(self.cfg, p.step, self.total_steps, self.time_frac())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device):
+            logits, state = self.model(x, self.state)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.state = detach(state)
+        p.step += 1
+        p.window += 1
+        if p.window == len(self.train):
+            p.window, p.epoch = 0, p.epoch + 1
+        return loss.item()
+
+    def validate(self) -> None:
+        p = self.progress
+        val = evaluate(self.model, self.val, self.device)
+        improved = val < p.best_val
+        if improved:
+            p.best_val, p.best_step = val, p.step
+        self.emit("eval", step=p.step, elapsed_s=p.elapsed_s, val_loss=val, val_bpc=val / math.log(2),
+                  improved=improved)
+
+    def run(self) -> Progress:
+        """Train until a budget runs out or a stop is requested; validate every eval_every and at the end."""
+        p, cfg = self.progress, self.cfg
+        self.model.train()
+        start, chars, losses = time.monotonic() - p.elapsed_s, 0, []
+        mark = time.monotonic()
+        last_eval = p.step
+        while not self.finished():
+            losses.append(self.step())
+            chars += self.cfg.batch_size * self.cfg.seq_len
+            p.elapsed_s = time.monotonic() - start
+            if p.step % cfg.log_every == 0:
+                now = time.monotonic()
+                self.emit("log", step=p.step, epoch=p.epoch + p.window / len(self.train), elapsed_s=p.elapsed_s,
+                          lr=self.optimizer.param_groups[0]["lr"], train_loss=sum(losses) / len(losses),
+                          chars_per_s=chars / max(now - mark, 1e-9))
+                chars, losses, mark = 0, [], now
+            if p.step % cfg.eval_every == 0:
+                self.validate()
+                last_eval, chars, mark = p.step, 0, time.monotonic()
+        if not self.stop_requested and last_eval != p.step:
+            self.validate()
+        self.emit("end", step=p.step, elapsed_s=p.elapsed_s, best_val=p.best_val, stopped=self.stop_requested)
+        return p

@@ -1,0 +1,59 @@
+"""Vocab: the corpus's characters (Unicode code points), sorted, <-> integer ids."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+
+class Vocab:
+    def __init__(self, chars: list[str]):
+        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
+            raise ValueError("a vocab is a list of distinct single characters")
+        self.chars = sorted(chars)
+        self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # (V,) sorted code points
+        self.index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> Vocab:
+        return cls(list(set(text)))
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def __contains__(self, char: str) -> bool:
+        return char in self.index
+
+    @property
+    def id_dtype(self) -> type:
+        """The smallest unsigned integer type that holds every id."""
+        return np.uint8 if len(self) <= 1 << 8 else np.uint16 if len(self) <= 1 << 16 else np.uint32
+
+    def encode(self, text: str) -> np.ndarray:
+        """(N,) ids, vectorised: code points looked up by binary search. Every character must be known."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,)
+        ids = np.searchsorted(self._codes, codes)  # (N,)
+        known = ids < len(self)
+        known[known] = self._codes[ids[known]] == codes[known]
+        if not known.all():
+            missing = sorted({chr(c) for c in codes[~known]})
+            raise KeyError(f"characters not in the vocabulary: {missing!r}")
+        return ids.astype(self.id_dtype)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def unknown(self, text: str) -> list[str]:
+        """Characters of text that are not in the vocab, sorted, each once."""
+        return sorted(set(text) - self.index.keys())
+
+    def to_json(self) -> str:
+        return json.dumps(self.chars, ensure_ascii=True)
+
+    @classmethod
+    def from_json(cls, data: str) -> Vocab:
+        chars = json.loads(data)
+        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+            raise ValueError("vocab must be a JSON list of characters")
+        return cls(chars)
