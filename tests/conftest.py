@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny generated corpora, a CLI runner, and a real-subprocess runner."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+
+torch.set_num_threads(1)  # the suite runs on 2 cores; tiny models gain nothing from more threads
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16"]
+
+
+def make_text(n_chars: int, seed: int = 0, alphabet: str = "abcdefgh ijk\n") -> str:
+    """Deterministic text with some structure (repeated words) so a model can learn it quickly."""
+    rng = random.Random(seed)
+    words = ["".join(rng.choice(alphabet.strip() or alphabet) for _ in range(rng.randint(2, 6))) for _ in range(30)]
+    out, size = [], 0
+    while size < n_chars:
+        w = rng.choice(words) + rng.choice(" \n")
+        out.append(w)
+        size += len(w)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.txt"
+    path.write_text(make_text(6000), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own directory, so ./checkpoints is private to it."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def cli(*args: str, input: str | bytes | None = None):
+    """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def run_cli(*args: str, input: bytes | None = None, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m charrnn ARGS` as a real process (bytes in, bytes out)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], input=input, capture_output=True,
+                          timeout=timeout, env=env, **kw)
+
+
+def train_tiny(corpus: Path, *extra: str, steps: int = 6):
+    """Train a tiny model for a few steps through the CLI; asserts success."""
+    result = cli("train", corpus, *TINY, "--max-steps", str(steps), "--eval-every", "3", *extra)
+    assert result.exit_code == 0, result.stderr
+    return result
