@@ -2,7 +2,8 @@
 
 A file holds tensors prefixed model. (weights), optim. (AdamW moments), state. (carried hidden state),
 rng. (generator states), and two metadata strings: "charrnn", the JSON metadata (format, configs, vocab,
-progress, corpus), and "sha256", a digest of every tensor's name, dtype, shape and bytes, checked on load.
+progress, corpus), and "sha256", a digest of that JSON and of every tensor's name, dtype, shape and bytes,
+checked on load, so a flipped byte anywhere in the file is reported.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ BEST, LAST = "best.safetensors", "last.safetensors"
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save zip archives
 
 
-def digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
+def digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256(meta_json.encode())
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -37,8 +38,8 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write atomically: temp file in the same directory, fsync, os.replace, fsync the directory."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    blob = st_save(tensors, metadata={"charrnn": json.dumps({"format": FORMAT, **meta}),
-                                      "sha256": digest(tensors)})
+    meta_json = json.dumps({"format": FORMAT, **meta})
+    blob = st_save(tensors, metadata={"charrnn": meta_json, "sha256": digest(meta_json, tensors)})
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -74,7 +75,8 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         (n,) = struct.unpack("<Q", blob[:8])
         header = json.loads(blob[8 : 8 + n])
         info = header.get("__metadata__") or {}
-        meta, expected = json.loads(info["charrnn"]), info["sha256"]
+        meta_json, expected = info["charrnn"], info["sha256"]
+        meta = json.loads(meta_json)
         tensors = st_load(blob)
     except Exception:  # struct, JSON, key and safetensors errors all mean "not a charrnn checkpoint"
         if blob.startswith(PICKLE_MAGIC):
@@ -84,7 +86,7 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path} has checkpoint format {found!r}; this charrnn reads format {FORMAT}")
-    if digest(tensors) != expected:
+    if digest(meta_json, tensors) != expected:
         raise CheckpointError(f"{path} is corrupt: its tensor data does not match its checksum")
     return tensors, meta
 

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 
 from charrnn import __version__
+from charrnn import config as settings
 from charrnn.console import error, info
 from charrnn.errors import CharrnnError, UsageError
 
@@ -33,8 +34,12 @@ def reports_errors(command):
         try:
             return command(*args, **kwargs)
         except CharrnnError as e:
-            error(str(e))
+            if str(e):
+                error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted; any checkpoint already written is intact")
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -83,18 +88,20 @@ def train(
     run: Annotated[str | None, typer.Option(help="Run name. [default: the file's stem, or stdin]")] = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
     config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run of the same name.")] = False,
+    decay_steps: Annotated[int | None, typer.Option(help="Cosine horizon in steps. [default: the step budget]")]
+    = None,
+    save_every: Annotated[int | None, typer.Option(help="Also save last.safetensors every N steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/RUN exactly where it stopped.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run; with --resume, accept a "
+                                        "changed corpus.")] = False,
 ) -> None:
     """Train a model on FILE; checkpoints land in OUT/RUN/."""
-    from charrnn import config as cfgmod
-
-    flags = {k: v for k, v in locals().items() if k not in ("file", "run", "out", "config", "force", "cfgmod")}
-    settings = {**(cfgmod.from_toml(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
-    model_cfg, train_cfg = cfgmod.build(settings)
+    flags = {k: v for k, v in locals().items() if k in settings.MODEL_KEYS | settings.TRAIN_KEYS and v is not None}
+    given = {**(settings.from_toml(config) if config else {}), **flags}
     name = run or ("stdin" if file == "-" else Path(file).stem)
     from charrnn.commands import train_run
 
-    train_run(file, out / name, model_cfg, train_cfg.budgeted(), force)
+    train_run(file, out / name, given, force, resume)
 
 
 @app.command()

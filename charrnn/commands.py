@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
-from charrnn import checkpoint, corpus, run
+from charrnn import checkpoint, config, corpus, run
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.checkpoint import LAST
+from charrnn.config import TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, Interrupted
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate
-from charrnn.train import Trainer
+from charrnn.train import NonFiniteError, Trainer
 
 
 def check_size(n: int, cfg: TrainConfig) -> None:
@@ -28,17 +31,32 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                        f"--val-frac {cfg.val_frac} need at least {need:,}; give more text or lower those")
 
 
-def train_run(source: str, directory: Path, model_cfg: ModelConfig, cfg: TrainConfig, force: bool) -> None:
+def train_run(source: str, directory: Path, given: dict, force: bool, resume: bool) -> None:
+    """Train a new run in directory, or (resume) continue the one there exactly where it stopped."""
     text = corpus.load(source)
+    if resume:
+        tensors, meta = run.read_last(directory)
+        model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given)
+        if meta["corpus"]["fingerprint"] != text.fingerprint and not force:
+            raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
+                               "different content); pass the same corpus, or --force to continue on this one")
+        if text.vocab.chars != meta["vocab"]:
+            raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
+    else:
+        model_cfg, cfg = config.build(given)
+        cfg = cfg.budgeted()
     check_size(len(text.ids), cfg)
     train_ids, val_ids = text.split(cfg.val_frac)
-    run.prepare(directory, force)
+    run.prepare(directory, force, resume)
     device = devices.pick(cfg.device)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
     model = CharRNN(model_cfg).to(device)
     val = Streams(val_ids, min(cfg.batch_size, (len(val_ids) - 1) // cfg.seq_len), cfg.seq_len, full_windows=False)
     trainer = Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
+    if resume:
+        run.restore(trainer, tensors, meta)
+        info(f"resuming {directory} at step {trainer.progress.step}")
     info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(model):,} parameters on {device}")
 
@@ -50,11 +68,42 @@ def train_run(source: str, directory: Path, model_cfg: ModelConfig, cfg: TrainCo
     def fraction_done() -> float:
         return max(trainer.progress.step / trainer.total_steps, trainer.time_frac())
 
-    trainer.subscribe(run.Recorder(directory, trainer, text))
+    recorder = run.Recorder(directory, trainer, text)
+    trainer.subscribe(recorder)
     trainer.subscribe(TrainReport(fraction_done, preview))
-    p = trainer.run()
+    with stop_on_signals(trainer) as received:
+        try:
+            p = trainer.run()
+        except NonFiniteError as e:
+            raise CharrnnError(f"{e}; the last good checkpoint is {directory / LAST} "
+                               f"(step {recorder.saved_step})") from None
+    if received:
+        sig = received[0]
+        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
+             f"Resume with: charrnn train {source} --out {directory.parent} --run {directory.name} --resume")
+        raise Interrupted(128 + sig)
     info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
          f"{p.elapsed_s:.0f} s; files in {directory}/")
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM ask the trainer to stop at the next step boundary (it then saves);
+    a second SIGINT aborts at once. Yields the list of signals received."""
+    received: list[int] = []
+
+    def handler(sig, frame):
+        if received and sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(sig)
+        trainer.stop_requested = True
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def sample_text(target: Path | None, prime: str, length: int, temp: float, seed: int, device_name: str):

@@ -43,8 +43,11 @@ class TrainConfig:
     max_steps: int | None = None  # step budget
     epochs: float | None = None  # budget in passes over the training split
     minutes: float | None = None  # wall-clock budget
+    decay_steps: int | None = None  # cosine horizon in steps; default: the step budget (or the time budget)
     eval_every: int = 250  # steps between validations (and checkpoints)
     log_every: int = 25  # steps between metrics lines
+    save_every: int | None = None  # extra last.safetensors saves every N steps (besides every evaluation)
+    max_nonfinite: int = 5  # consecutive non-finite losses/gradients (steps skipped) before giving up
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
     seed: int = 1337  # seeds torch so runs repeat
     device: str = "auto"  # auto: cuda, then mps, then cpu
@@ -57,7 +60,7 @@ class TrainConfig:
             raise UsageError("--val-frac must be between 0 and 1 (exclusive)")
         if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
             raise UsageError("--lr must be positive; --grad-clip and --warmup-steps must not be negative")
-        for name in ("max_steps", "epochs", "minutes"):
+        for name in ("max_steps", "epochs", "minutes", "decay_steps", "save_every", "max_nonfinite"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive")
@@ -87,23 +90,36 @@ def from_toml(path: Path) -> dict:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--config {path} is not valid TOML: {e}") from None
     flat = {**data.pop("model", {}), **data.pop("train", {}), **data}
-    known = {f.name for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)} - {"vocab_size"}
+    known = (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"}
     unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in known)
     if unknown:
         raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; see charrnn train --help")
     return {k.replace("-", "_"): v for k, v in flat.items()}
 
 
-def build(overrides: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Split a flat {name: value} dict (None = not given) into validated configs."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
-    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
-    model = ModelConfig(**{k: v for k, v in given.items() if k in model_keys})
-    train = TrainConfig(**{k: v for k, v in given.items() if k in train_keys})
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
+TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
+             "max_nonfinite", "device"}  # may change on --resume without breaking exact continuation
+
+
+def build(given: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Split a flat {name: value} dict of given settings into validated configs."""
+    model = ModelConfig(**{k: v for k, v in given.items() if k in MODEL_KEYS})
+    train = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_KEYS})
     model.validate()
     train.validate()
     return model, train
+
+
+def for_resume(model: dict, train: dict, given: dict) -> tuple[ModelConfig, TrainConfig]:
+    """A run's stored configs with the given settings applied; settings that would change the run are refused."""
+    differs = [f"--{k.replace('_', '-')} {v} (the run has {(model | train).get(k)})" for k, v in given.items()
+               if k not in RESUMABLE and (model | train).get(k) != v]
+    if differs:
+        raise UsageError(f"cannot resume with different settings: {'; '.join(differs)}; "
+                         "drop them, or start a new run with --run NAME")
+    return build({**model, **train, **{k: v for k, v in given.items() if k in RESUMABLE}})
 
 
 @dataclass

@@ -15,3 +15,11 @@ class UsageError(CharrnnError):
 
 class CheckpointError(CharrnnError):
     """A model file that is missing, corrupt, foreign or unsafe (exit 1)."""
+
+
+class Interrupted(CharrnnError):
+    """Stopped by a signal after saving (exit 128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, exit_code: int):
+        super().__init__("")
+        self.exit_code = exit_code

@@ -1,11 +1,12 @@
-"""A run directory: OUT/RUN with best.safetensors, last.safetensors and metrics.jsonl."""
+"""A run directory: OUT/RUN with best.safetensors, last.safetensors and metrics.jsonl; saving and resuming."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
+import random
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,34 +17,36 @@ from charrnn.config import ModelConfig
 from charrnn.corpus import Corpus
 from charrnn.errors import CharrnnError, CheckpointError
 from charrnn.model import CharRNN
-from charrnn.train import Event, Trainer
+from charrnn.train import Event, Progress, Trainer
 from charrnn.vocab import Vocab
 
 METRICS = "metrics.jsonl"
 
 
-def prepare(directory: Path, force: bool) -> None:
-    """Create the run directory; refuse to overwrite a run unless forced; make sure it is writable."""
-    if any((directory / name).exists() for name in (BEST, LAST)) and not force:
+def prepare(directory: Path, force: bool, resume: bool = False) -> None:
+    """Create the run directory, refusing to overwrite a run unless forced; check it is writable."""
+    if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
         raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
-                           "or pass --force to overwrite it")
+                           "continue it with --resume, or pass --force to overwrite it")
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
     except OSError as e:
-        raise CharrnnError(f"cannot create {directory}: {e.strerror}; choose another --out") from None
-    if not os.access(directory, os.W_OK):
-        raise CharrnnError(f"{directory} is not writable; choose another --out")
+        raise CharrnnError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     checkpoint.clean_temp(directory)
-    for name in (BEST, LAST, METRICS):
-        (directory / name).unlink(missing_ok=True)
+    if not resume:
+        for name in (BEST, LAST, METRICS):
+            (directory / name).unlink(missing_ok=True)
 
 
 class Recorder:
-    """Trainer listener: metrics.jsonl at every log and evaluation; checkpoints at every evaluation and the end."""
+    """Trainer listener: metrics.jsonl at every log and evaluation; last.safetensors at every evaluation,
+    every --save-every steps and at the end; best.safetensors when validation improves."""
 
     def __init__(self, directory: Path, trainer: Trainer, corpus: Corpus):
         self.directory, self.trainer, self.corpus = directory, trainer, corpus
-        self.saved_step = -1
+        self.saved_step = trainer.progress.step
 
     def __call__(self, event: Event) -> None:
         if event.kind in ("log", "eval"):
@@ -52,7 +55,7 @@ class Recorder:
                 f.write(json.dumps(row) + "\n")
         if event.kind == "eval" and event.metrics["improved"]:
             self.save(BEST, full=False)
-        if event.kind == "eval" or (event.kind == "end" and self.saved_step != self.trainer.progress.step):
+        if event.kind in ("eval", "save") or (event.kind == "end" and self.saved_step != self.trainer.progress.step):
             self.save(LAST, full=True)
 
     def meta(self) -> dict:
@@ -66,29 +69,63 @@ class Recorder:
     def save(self, name: str, full: bool) -> None:
         t, meta = self.trainer, self.meta()
         tensors = {f"model.{k}": v for k, v in t.model.state_dict().items()}
+        if not all(torch.isfinite(v).all() for v in tensors.values()):
+            raise CharrnnError(f"the weights became non-finite at step {t.progress.step}; not saved. "
+                               f"{self.directory / LAST} still holds step {self.saved_step}; try a lower --lr")
         if full:
             optim, meta["optim_groups"] = checkpoint.pack_optimizer(t.optimizer)
             tensors.update(optim)
             tensors.update({f"state.{i}": s for i, s in enumerate(t.state)})
             tensors["rng.torch"] = torch.get_rng_state()
-            if torch.cuda.is_available() and t.device.type == "cuda":
+            if t.device.type == "cuda":
                 tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+            meta["rng_python"] = random.getstate()
         try:
             checkpoint.save(self.directory / name, tensors, meta)
         except OSError as e:
             raise CharrnnError(f"could not write {self.directory / name}: {e.strerror}; "
-                               "the previous checkpoint is intact") from None
+                               f"the previous checkpoint (step {self.saved_step}) is intact") from None
         self.saved_step = t.progress.step
 
 
+def read_last(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    if not (directory / LAST).is_file():
+        raise CharrnnError(f"nothing to resume: {directory / LAST} does not exist; train without --resume")
+    return checkpoint.load(directory / LAST)
+
+
+def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Put a trainer back exactly where last.safetensors left it."""
+    try:
+        trainer.model.load_state_dict(checkpoint.split(tensors, "model"))
+        checkpoint.unpack_optimizer(trainer.optimizer, tensors, meta["optim_groups"])
+        trainer.state = tuple(tensors[f"state.{i}"].to(trainer.device) for i in range(len(trainer.state)))
+        torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state_all(list(tensors["rng.cuda"]))
+        version, state, gauss = meta["rng_python"]
+        random.setstate((version, tuple(state), gauss))
+        progress = dict(meta["progress"])
+        progress["best_val"] = math.inf if progress["best_val"] is None else progress["best_val"]
+        trainer.progress = Progress(**progress)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"last.safetensors cannot be resumed from: {type(e).__name__} {e}"[:300]) from None
+
+
 def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
-    """A checkpoint file's model (eval mode, on device), vocab and metadata."""
+    """A checkpoint file's model (eval mode, on device), vocab and metadata.
+
+    The model is built on the meta device and takes the file's tensors, so a file whose config
+    disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
     tensors, meta = checkpoint.load(path)
     try:
         vocab = Vocab(meta["vocab"])
-        model = CharRNN(ModelConfig(**meta["model"]))
-        model.load_state_dict(checkpoint.split(tensors, "model"))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        cfg = ModelConfig(**meta["model"])
+        cfg.validate()
+        with torch.device("meta"):
+            model = CharRNN(cfg)
+        model.load_state_dict(checkpoint.split(tensors, "model"), assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError, CharrnnError) as e:
         raise CheckpointError(f"{path} is missing or has malformed entries ({type(e).__name__}); "
                               "it was not written by this charrnn") from None
     return model.to(device).eval(), vocab, meta

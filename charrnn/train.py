@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from charrnn.batches import Streams
 from charrnn.config import TrainConfig
 from charrnn.device import autocast
+from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN, State, detach
 
 
@@ -24,6 +25,11 @@ class Progress:
     elapsed_s: float = 0.0  # training wall-clock time, across resumes
     best_val: float = math.inf  # lowest validation loss so far, nats per character
     best_step: int = 0  # step at which best_val was reached
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+
+
+class NonFiniteError(CharrnnError):
+    """Training diverged: too many non-finite steps in a row."""
 
 
 @dataclass
@@ -66,6 +72,7 @@ class Trainer:
         self.progress = Progress()
         self.listeners: list[Callable[[Event], None]] = []
         self.stop_requested = False  # set from a signal handler; honoured at the next step boundary
+        self.bad_in_a_row = 0  # consecutive steps skipped for non-finite values
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self.listeners.append(listener)
@@ -73,6 +80,11 @@ class Trainer:
     def emit(self, kind: str, **metrics) -> None:
         for listener in self.listeners:
             listener(Event(kind, metrics))
+
+    @property
+    def decay_steps(self) -> float:
+        """The cosine horizon: --decay-steps, else the step budget."""
+        return self.cfg.decay_steps or self.total_steps
 
     @property
     def total_steps(self) -> float:
@@ -91,13 +103,15 @@ class Trainer:
         return self.progress.step >= self.total_steps or self.time_frac() >= 1 or self.stop_requested
 
     def step(self) -> float:
-        """One optimizer step on the next window of every stream; returns the mean training loss."""
+        """One optimizer step on the next window of every stream; returns the mean training loss.
+
+        A non-finite loss or gradient skips the update (the window is still consumed)."""
         p = self.progress
         if p.window == 0:
             self.state = self.model.init_state(self.cfg.batch_size, self.device)
         x, y = self.train.window(p.window)  # (B, T) each
         x, y = x.to(self.device), y.to(self.device)
-        lr = lr_at(self.cfg, p.step, self.total_steps, self.time_frac())
+        lr = lr_at(self.cfg, p.step, self.decay_steps, 0.0 if self.cfg.decay_steps else self.time_frac())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device):
@@ -105,9 +119,16 @@ class Trainer:
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
+        if torch.isfinite(loss) and torch.isfinite(norm):
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:
+            p.skipped += 1
+            self.bad_in_a_row += 1
+            if self.bad_in_a_row >= self.cfg.max_nonfinite:
+                raise NonFiniteError(f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                                     f"(last at step {p.step}); try a lower --lr")
         self.state = detach(state)
         p.step += 1
         p.window += 1
@@ -144,6 +165,8 @@ class Trainer:
             if p.step % cfg.eval_every == 0:
                 self.validate()
                 last_eval, chars, mark = p.step, 0, time.monotonic()
+            elif cfg.save_every and p.step % cfg.save_every == 0:
+                self.emit("save", step=p.step)
         if not self.stop_requested and last_eval != p.step:
             self.validate()
         self.emit("end", step=p.step, elapsed_s=p.elapsed_s, best_val=p.best_val, stopped=self.stop_requested)
