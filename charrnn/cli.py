@@ -73,6 +73,7 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Parallel streams B. [default: 32]")] = None,
     seq_len: Annotated[int | None, typer.Option(help="Characters per BPTT window T. [default: 128]")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate. [default: 3e-3]")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0.01]")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps. [default: 100]")] = None,
     grad_clip: Annotated[float | None, typer.Option(help="Global grad-norm clip, 0 = off. [default: 1.0]")]
     = None,
@@ -80,6 +81,7 @@ def train(
     = None,
     epochs: Annotated[float | None, typer.Option(help="Budget in passes over the training text.")] = None,
     minutes: Annotated[float | None, typer.Option(help="Wall-clock budget in minutes.")] = None,
+    log_every: Annotated[int | None, typer.Option(help="Steps between progress/metrics lines. [default: 25]")] = None,
     eval_every: Annotated[int | None, typer.Option(help="Steps between validations. [default: 250]")] = None,
     val_frac: Annotated[float | None, typer.Option(help="Held-out tail for validation. [default: 0.1]")]
     = None,

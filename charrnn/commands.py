@@ -75,8 +75,7 @@ def train_run(source: str, directory: Path, given: dict, force: bool, resume: bo
         try:
             p = trainer.run()
         except NonFiniteError as e:
-            raise CharrnnError(f"{e}; the last good checkpoint is {directory / LAST} "
-                               f"(step {recorder.saved_step})") from None
+            raise CharrnnError(f"{e}; {recorder.last_good()}") from None
     if received:
         sig = received[0]
         info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "

@@ -58,8 +58,8 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 < self.val_frac < 1:
             raise UsageError("--val-frac must be between 0 and 1 (exclusive)")
-        if self.lr <= 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise UsageError("--lr must be positive; --grad-clip and --warmup-steps must not be negative")
+        if not 0 < self.lr <= 1e30 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise UsageError("--lr must be in (0, 1e30]; --grad-clip and --warmup-steps must not be negative")
         for name in ("max_steps", "epochs", "minutes", "decay_steps", "save_every", "max_nonfinite"):
             value = getattr(self, name)
             if value is not None and value <= 0:

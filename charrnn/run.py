@@ -46,7 +46,7 @@ class Recorder:
 
     def __init__(self, directory: Path, trainer: Trainer, corpus: Corpus):
         self.directory, self.trainer, self.corpus = directory, trainer, corpus
-        self.saved_step = trainer.progress.step
+        self.saved_step: int | None = trainer.progress.step if (directory / LAST).exists() else None
 
     def __call__(self, event: Event) -> None:
         if event.kind in ("log", "eval"):
@@ -70,8 +70,8 @@ class Recorder:
         t, meta = self.trainer, self.meta()
         tensors = {f"model.{k}": v for k, v in t.model.state_dict().items()}
         if not all(torch.isfinite(v).all() for v in tensors.values()):
-            raise CharrnnError(f"the weights became non-finite at step {t.progress.step}; not saved. "
-                               f"{self.directory / LAST} still holds step {self.saved_step}; try a lower --lr")
+            raise CharrnnError(f"the weights became non-finite at step {t.progress.step} and were not saved; "
+                               f"{self.last_good()}; try a lower --lr")
         if full:
             optim, meta["optim_groups"] = checkpoint.pack_optimizer(t.optimizer)
             tensors.update(optim)
@@ -83,9 +83,13 @@ class Recorder:
         try:
             checkpoint.save(self.directory / name, tensors, meta)
         except OSError as e:
-            raise CharrnnError(f"could not write {self.directory / name}: {e.strerror}; "
-                               f"the previous checkpoint (step {self.saved_step}) is intact") from None
+            raise CharrnnError(f"could not write {self.directory / name}: {e.strerror}; {self.last_good()}") from None
         self.saved_step = t.progress.step
+
+    def last_good(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is {self.directory / LAST} (step {self.saved_step})"
 
 
 def read_last(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:

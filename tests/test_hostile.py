@@ -1,0 +1,160 @@
+"""Hostile and broken model files: only charrnn's own one-line error comes out, and nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import cli, run_cli, train_tiny
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charrnn import checkpoint, run
+from charrnn.errors import CheckpointError
+
+
+class Payload:
+    """Unpickling this creates a marker file: proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def good(corpus) -> Path:
+    train_tiny(corpus)
+    return Path("checkpoints/tiny/best.safetensors")
+
+
+def assert_refused(path: Path, *words: str, code: int = 1):
+    for command in ("sample", "info"):
+        result = cli(command, path)
+        assert result.exit_code == code, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+        for word in words:
+            assert word in result.stderr
+
+
+def test_pickle_payload_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    for name in ("model.pt", "best.safetensors"):
+        path = tmp_path / name
+        path.write_bytes(pickle.dumps(Payload(marker)))
+        assert_refused(path, "pickle")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "zip.pt")  # torch.save's zip format
+    assert_refused(tmp_path / "zip.pt", "pickle")
+    assert not marker.exists()
+
+
+def test_pickle_payload_in_a_real_process(tmp_path):
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Payload(marker)))
+    result = run_cli("sample", tmp_path / "evil.pt")
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, I am text\n", os.urandom(4096), b"\xff" * 8 + b"{}"],
+                         ids=["empty", "text", "random", "huge-header"])
+def test_junk_files_are_refused(tmp_path, content):
+    path = tmp_path / "junk.safetensors"
+    path.write_bytes(content)
+    assert_refused(path, "not a charrnn checkpoint")
+
+
+def test_truncated_checkpoint_is_refused(good, tmp_path):
+    data = good.read_bytes()
+    for cut in (7, 100, len(data) // 2, len(data) - 1):
+        path = tmp_path / f"cut{cut}.safetensors"
+        path.write_bytes(data[:cut])
+        assert_refused(path)
+
+
+def test_flipped_tensor_byte_is_reported_as_corrupt(good, tmp_path):
+    data = bytearray(good.read_bytes())
+    data[-10] ^= 0x01
+    path = tmp_path / "flipped.safetensors"
+    path.write_bytes(bytes(data))
+    assert_refused(path, "corrupt")
+
+
+def rewrite(good: Path, path: Path, edit) -> Path:
+    tensors, meta = checkpoint.load(good)
+    meta.pop("format")
+    edit(tensors, meta)
+    checkpoint.save(path, tensors, meta)
+    return path
+
+
+def test_wrong_format_version_and_missing_keys(good, tmp_path):
+    newer = rewrite(good, tmp_path / "v2.safetensors", lambda t, m: None)
+    blob = newer.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["charrnn"])
+    meta["format"] = 2
+    tensors = checkpoint.load(newer)[0]
+    from safetensors.torch import save
+
+    meta_json = json.dumps(meta)
+    newer.write_bytes(save(tensors, {"charrnn": meta_json, "sha256": checkpoint.digest(meta_json, tensors)}))
+    assert_refused(newer, "format 2")
+    no_vocab = rewrite(good, tmp_path / "novocab.safetensors", lambda t, m: m.pop("vocab"))
+    assert_refused(no_vocab, "malformed")
+    no_weight = rewrite(good, tmp_path / "noweight.safetensors", lambda t, m: t.pop("model.head.weight"))
+    assert_refused(no_weight, "malformed")
+    huge = rewrite(good, tmp_path / "huge.safetensors", lambda t, m: m["model"].update(hidden_size=10**9))
+    assert_refused(huge, "malformed")  # refused before a 10^9-unit model is allocated
+
+
+def test_directory_without_checkpoint(tmp_path):
+    (tmp_path / "empty_run").mkdir()
+    assert_refused(tmp_path / "empty_run", "holds no")
+
+
+def test_checkpoint_with_cuda_rng_resumes_on_cpu(corpus):
+    """A run saved on CUDA carries rng.cuda; a CPU-only machine resumes it and ignores that state."""
+    train_tiny(corpus)
+    last = Path("checkpoints/tiny/last.safetensors")
+    rewrite(last, last, lambda t, m: t.update({"rng.cuda": torch.zeros(1, 16, dtype=torch.uint8)}))
+    result = cli("train", corpus, "--run", "tiny", "--resume", "--max-steps", "9", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+
+
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(st.binary(max_size=2048))
+def test_random_bytes_only_raise_checkpoint_error(tmp_path, data):
+    path = tmp_path / "fuzz.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError):
+        run.load_model(path, torch.device("cpu"))
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_checkpoints_only_raise_checkpoint_error(good, tmp_path, data):
+    blob = bytearray(good.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] = data.draw(st.integers(0, 255).filter(lambda b, old=blob[i]: b != old))
+    if data.draw(st.booleans()):
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
+    path = tmp_path / "mutant.safetensors"
+    path.write_bytes(bytes(blob))
+    try:
+        run.load_model(path, torch.device("cpu"))
+    except CheckpointError:
+        pass  # the only acceptable failure; a mutation in header padding may also load unchanged

@@ -1,0 +1,118 @@
+"""Exact resume: N steps + --resume + N steps == 2N uninterrupted steps, bit for bit; and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, cli, make_text
+
+from charrnn import checkpoint, run
+
+STEPS = ["--eval-every", "4", "--log-every", "2"]
+
+
+def last_tensors(name: str) -> dict[str, torch.Tensor]:
+    return checkpoint.load(Path("checkpoints") / name / "last.safetensors")[0]
+
+
+def train(corpus: Path, name: str, *extra: str):
+    result = cli("train", corpus, *TINY, *STEPS, "--run", name, *extra)
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def reference(corpus: Path) -> dict[str, torch.Tensor]:
+    train(corpus, "ref", "--max-steps", "18")
+    return last_tensors("ref")
+
+
+@pytest.mark.parametrize("first", [9, 8])  # stop between evaluations, and exactly on one
+def test_resume_is_bit_identical(corpus, reference, first):
+    train(corpus, "split", "--max-steps", str(first), "--decay-steps", "18")
+    assert not identical(last_tensors("split"), reference)
+    result = train(corpus, "split", "--max-steps", "18", "--resume")
+    assert f"resuming checkpoints/split at step {first}" in result.stderr
+    tensors = last_tensors("split")
+    assert any(k.startswith("optim.") for k in tensors) and any(k.startswith("state.") for k in tensors)
+    assert identical(tensors, reference)  # weights, optimizer moments, hidden state and RNG alike
+
+
+def drop_optimizer(trainer):
+    trainer.optimizer.state.clear()
+
+
+def drop_hidden_state(trainer):
+    trainer.state = tuple(torch.zeros_like(s) for s in trainer.state)
+
+
+def drop_rng(trainer):
+    torch.manual_seed(0)
+
+
+def drop_cursor(trainer):
+    trainer.progress.window = 0
+
+
+@pytest.mark.parametrize("forget", [drop_optimizer, drop_hidden_state, drop_rng, drop_cursor])
+def test_negative_controls_a_missing_piece_of_state_is_caught(corpus, reference, forget, monkeypatch):
+    restore = run.restore
+
+    def forgetful(trainer, tensors, meta):
+        restore(trainer, tensors, meta)
+        forget(trainer)
+
+    train(corpus, "split", "--max-steps", "9", "--decay-steps", "18")
+    monkeypatch.setattr(run, "restore", forgetful)
+    train(corpus, "split", "--max-steps", "18", "--resume")
+    model = {k: v for k, v in last_tensors("split").items() if k.startswith("model.")}
+    assert not identical(model, {k: v for k, v in reference.items() if k.startswith("model.")})
+
+
+def test_resume_keeps_metrics_and_best(corpus):
+    train(corpus, "m", "--max-steps", "8", "--decay-steps", "12")
+    train(corpus, "m", "--max-steps", "12", "--resume")
+    rows = (Path("checkpoints/m/metrics.jsonl")).read_text().splitlines()
+    evals = [r for r in rows if "val_loss" in r]
+    assert len(evals) == 3  # steps 4, 8, 12: the first run's rows are kept, the resumed run appends
+    info = cli("info", "checkpoints/m/last.safetensors")
+    assert "step 12" in info.stdout
+
+
+def test_resume_refuses_a_different_corpus_unless_forced(corpus, tmp_path):
+    train(corpus, "c", "--max-steps", "4")
+    other = tmp_path / "other.txt"
+    other.write_text(make_text(6000, seed=0)[::-1], encoding="utf-8")  # same characters, other text
+    result = cli("train", other, "--run", "c", "--resume", "--max-steps", "8")
+    assert result.exit_code == 1 and "not the corpus this run was trained on" in result.stderr
+    assert "--force" in result.stderr
+    forced = cli("train", other, "--run", "c", "--resume", "--max-steps", "8", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert "step 8" in cli("info", "checkpoints/c/last.safetensors").stdout
+
+
+def test_resume_refuses_different_model_flags(corpus):
+    train(corpus, "f", "--max-steps", "4")
+    result = cli("train", corpus, "--run", "f", "--resume", "--hidden-size", "32", "--cell", "gru")
+    assert result.exit_code == 2
+    assert "--hidden-size 32 (the run has 16)" in result.stderr and "--cell gru (the run has lstm)" in result.stderr
+
+
+def test_resume_without_a_run_says_so(corpus):
+    result = cli("train", corpus, "--run", "nothing", "--resume")
+    assert result.exit_code == 1 and "nothing to resume" in result.stderr
+
+
+def test_minutes_budget_counts_time_already_spent(corpus):
+    train(corpus, "t", "--max-steps", "4")
+    spent = checkpoint.load(Path("checkpoints/t/last.safetensors"))[1]["progress"]["elapsed_s"]
+    assert spent > 0
+    # a budget smaller than the time already spent: the resumed run takes no step
+    train(corpus, "t", "--resume", "--minutes", str(spent / 60 / 2), "--max-steps", "100")
+    assert checkpoint.load(Path("checkpoints/t/last.safetensors"))[1]["progress"]["step"] == 4
