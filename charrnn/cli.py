@@ -56,6 +56,14 @@ def main(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """charrnn: character-level language models for the shell."""
 
 
+M, T = settings.ModelConfig(), settings.TrainConfig()  # defaults shown in --help
+
+
+def opt(kind: type, help: str):
+    """An optional flag whose absence means "not given" (so --config and --resume can tell)."""
+    return Annotated[kind | None, typer.Option(help=help)]
+
+
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
 Checkpoint = Annotated[Path | None, typer.Argument(
     help="Model file or run directory (best, else last). Default: the newest run under ./checkpoints.")]
@@ -65,34 +73,30 @@ Checkpoint = Annotated[Path | None, typer.Argument(
 @reports_errors
 def train(
     file: Annotated[str, typer.Argument(help="UTF-8 text file to learn from, or - for stdin.")],
-    cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn. [default: lstm]")] = None,
-    hidden_size: Annotated[int | None, typer.Option(help="Units per layer. [default: 256]")] = None,
-    num_layers: Annotated[int | None, typer.Option(help="Recurrent layers. [default: 2]")] = None,
-    embed_size: Annotated[int | None, typer.Option(help="Embedding width. [default: 64]")] = None,
-    dropout: Annotated[float | None, typer.Option(help="Dropout. [default: 0.1]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Parallel streams B. [default: 32]")] = None,
-    seq_len: Annotated[int | None, typer.Option(help="Characters per BPTT window T. [default: 128]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak AdamW learning rate. [default: 3e-3]")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay. [default: 0.01]")] = None,
-    warmup_steps: Annotated[int | None, typer.Option(help="Linear warmup steps. [default: 100]")] = None,
-    grad_clip: Annotated[float | None, typer.Option(help="Global grad-norm clip, 0 = off. [default: 1.0]")]
-    = None,
-    max_steps: Annotated[int | None, typer.Option(help="Step budget. [default: 2000 if no budget given]")]
-    = None,
-    epochs: Annotated[float | None, typer.Option(help="Budget in passes over the training text.")] = None,
-    minutes: Annotated[float | None, typer.Option(help="Wall-clock budget in minutes.")] = None,
-    log_every: Annotated[int | None, typer.Option(help="Steps between progress/metrics lines. [default: 25]")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Steps between validations. [default: 250]")] = None,
-    val_frac: Annotated[float | None, typer.Option(help="Held-out tail for validation. [default: 0.1]")]
-    = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed. [default: 1337]")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps. [default: auto]")] = None,
-    run: Annotated[str | None, typer.Option(help="Run name. [default: the file's stem, or stdin]")] = None,
+    cell: opt(str, f"lstm, gru or rnn. Default: {M.cell}.") = None,
+    hidden_size: opt(int, f"Units per layer. Default: {M.hidden_size}.") = None,
+    num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
+    embed_size: opt(int, f"Embedding width. Default: {M.embed_size}.") = None,
+    dropout: opt(float, f"Dropout. Default: {M.dropout}.") = None,
+    batch_size: opt(int, f"Parallel streams B. Default: {T.batch_size}.") = None,
+    seq_len: opt(int, f"Characters per BPTT window T. Default: {T.seq_len}.") = None,
+    lr: opt(float, f"Peak AdamW learning rate. Default: {T.lr}.") = None,
+    weight_decay: opt(float, f"AdamW weight decay. Default: {T.weight_decay}.") = None,
+    warmup_steps: opt(int, f"Linear warmup steps. Default: {T.warmup_steps}.") = None,
+    grad_clip: opt(float, f"Global grad-norm clip, 0 = off. Default: {T.grad_clip}.") = None,
+    max_steps: opt(int, f"Step budget. Default: {settings.DEFAULT_STEPS} if no budget is given.") = None,
+    epochs: opt(float, "Budget in passes over the training text.") = None,
+    minutes: opt(float, "Wall-clock budget in minutes.") = None,
+    log_every: opt(int, f"Steps between progress/metrics lines. Default: {T.log_every}.") = None,
+    eval_every: opt(int, f"Steps between validations and checkpoints. Default: {T.eval_every}.") = None,
+    val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
+    seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
+    device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
+    run: opt(str, "Run name. Default: the file's stem, or stdin for -.") = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
     config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
-    decay_steps: Annotated[int | None, typer.Option(help="Cosine horizon in steps. [default: the step budget]")]
-    = None,
-    save_every: Annotated[int | None, typer.Option(help="Also save last.safetensors every N steps.")] = None,
+    decay_steps: opt(int, "Cosine decay horizon in steps. Default: the step budget.") = None,
+    save_every: opt(int, "Also save last.safetensors every N steps.") = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/RUN exactly where it stopped.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run; with --resume, accept a "
                                         "changed corpus.")] = False,
@@ -114,7 +118,7 @@ def sample(
     = 1.0,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from; printed first.")] = "",
-    seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed = same text.")] = None,
+    seed: opt(int, "Same checkpoint + same seed = same text.") = None,
     device: Device = "auto",
 ) -> None:
     """Write generated text to stdout, one character at a time."""
