@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from charrnn import checkpoint, corpus, run
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN, num_params
-from charrnn.sample import generate
+from charrnn.sample import generate, generate_batch, in_order
 from charrnn.train import Trainer
 
 
@@ -57,17 +59,33 @@ def train_run(source: str, directory: Path, model_cfg: ModelConfig, cfg: TrainCo
          f"{p.elapsed_s:.0f} s; files in {directory}/")
 
 
-def sample_text(target: Path | None, prime: str, length: int, temp: float, seed: int, device_name: str):
-    """Yield the prime, then length generated characters."""
+def load_chosen(target: Path | None, device_name: str, verb: str):
+    """(model, vocab, meta, device) of a checkpoint; says on stderr which file, unless a file was named."""
     device = devices.pick(device_name)
     path = checkpoint.resolve(target)
-    model, vocab, _ = run.load_model(path, device)
-    info(f"sampling from {path}")
-    unknown = vocab.unknown(prime)
+    model, vocab, meta = run.load_model(path, device)
+    if target is None or target.is_dir():
+        info(f"{verb} {path}")
+    return model, vocab, meta, device
+
+
+def read_prime(prime: str, prime_file: Path | None) -> str:
+    """The prime text: --prime TEXT, --prime - (stdin) or --prime-file PATH, read as UTF-8."""
+    if prime_file is not None:
+        return corpus.decode(str(prime_file), corpus.read_bytes(str(prime_file))[1])
+    if prime == "-":
+        return corpus.decode("stdin", sys.stdin.buffer.read())
+    return prime
+
+
+def sample_text(target: Path | None, cfg: SampleConfig, device_name: str) -> Iterator[str]:
+    """Yield the text of cfg.num_samples samples, each the prime then its continuation, separated."""
+    model, vocab, _, device = load_chosen(target, device_name, "sampling from")
+    unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
-    yield prime
-    yield from generate(model, vocab, prime, length, temp, seed, device)
+    events = generate_batch(model, vocab, cfg, cfg.seed, device)
+    yield from in_order(events, cfg.num_samples, cfg.prime, cfg.separator)
 
 
 def describe(target: Path | None) -> str:
