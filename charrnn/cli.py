@@ -190,6 +190,41 @@ def write_stream(chunks) -> None:
         raise typer.Exit(0) from None
 
 
+@app.command()
+@interruptible
+@reports_errors
+def score(
+    file: Annotated[str, typer.Argument(help="UTF-8 text to score, or - for stdin.")] = "-",
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory "
+                                                    "(best, else last). Default: the newest run under ./checkpoints.")]
+    = None,
+    per_line: Annotated[bool, typer.Option("--per-line", help="Score each line on its own, as it arrives: "
+                                           "bits_per_char<TAB>line, ready for sort -n.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line).")]
+    = False,
+    device: Device = "auto",
+) -> None:
+    """Score a text under a model: bits/char, nats/char, perplexity.
+
+    The text is scored in the layout of training's validation (the
+    checkpoint's batch size and sequence length, state carried), so a run's
+    validation split scores its validation loss. Characters outside the
+    vocabulary are skipped, counted (oov) and named on stderr. --per-line
+    scores each line alone, its newline included, as if after a newline.
+
+    Exit status: 0 ok, also when stdout closes early; 1: unreadable text
+    or checkpoint; 2: bad options; 130: Ctrl-C.
+    """
+    if file == "-" and sys.stdin.isatty():
+        raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
+    from charrnn.commands import score_each_line, score_report
+
+    if per_line:
+        write_stream(score_each_line(file, checkpoint, device, json_))
+    else:
+        write_stream([score_report(file, checkpoint, device, json_) + "\n"])
+
+
 @app.command("info")
 @reports_errors
 def info_(checkpoint: Checkpoint = None) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +17,7 @@ from charrnn.console import TrainReport, info, nats_bits, warn
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate, generate_batch, in_order
+from charrnn.score import read_lines, score_lines, score_text
 from charrnn.train import Trainer
 
 
@@ -86,6 +90,44 @@ def sample_text(target: Path | None, cfg: SampleConfig, device_name: str) -> Ite
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
     events = generate_batch(model, vocab, cfg, cfg.seed, device)
     yield from in_order(events, cfg.num_samples, cfg.prime, cfg.separator)
+
+
+def warn_unknown(unknown: list[str], count: int) -> None:
+    if unknown:
+        warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")
+
+
+def score_report(source: str, target: Path | None, device_name: str, as_json: bool) -> str:
+    """The score of a whole text, as aligned `name value` lines or as JSON."""
+    model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
+    name, data = corpus.read_bytes(source)
+    text = corpus.decode(name, data)
+    train_cfg = {**dataclasses.asdict(TrainConfig()), **meta.get("train", {})}
+    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device)
+    warn_unknown(result.oov_chars, result.oov)
+    report = result.as_dict()
+    if as_json:
+        return json.dumps(report, ensure_ascii=False)
+    report["oov_chars"] = repr("".join(result.oov_chars))  # quoted, control characters escaped
+    if not result.oov:
+        del report["oov_chars"]
+    return "\n".join(f"{k:<14} {v:.4f}" if isinstance(v, float) else f"{k:<14} {v}" for k, v in report.items())
+
+
+def score_each_line(source: str, target: Path | None, device_name: str, as_json: bool) -> Iterator[str]:
+    """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
+    model, vocab, _, device = load_chosen(target, device_name, "scoring with")
+    unknown: set[str] = set()
+    count = 0
+    for s in score_lines(model, vocab, read_lines(source), device):
+        unknown.update(s.unknown)
+        count += s.oov
+        if as_json:
+            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
+                              "scored": s.scored, "line": s.line}, ensure_ascii=False) + "\n"
+        else:
+            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+    warn_unknown(sorted(unknown), count)
 
 
 def describe(target: Path | None) -> str:
