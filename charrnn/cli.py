@@ -6,9 +6,10 @@ torch is imported inside the commands that need it, so --help and --version stay
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -37,8 +38,9 @@ def reports_errors(command):
             if str(e):
                 error(str(e))
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            error("interrupted; any checkpoint already written is intact")
+        except KeyboardInterrupt:  # Ctrl-C: quietly, exit 130 (train handles its own signals)
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
             raise typer.Exit(130) from None
 
     return wrapper
@@ -110,26 +112,65 @@ def train(
     train_run(file, out / name, given, force, resume)
 
 
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def flag_text(value: str, escapes: bool = False) -> str:
+    """A text flag as UTF-8 whatever the locale (argv may arrive surrogate-escaped); optionally with
+    the backslash escapes \\n \\t \\r \\\\ turned into the characters they name."""
+    with contextlib.suppress(UnicodeError):
+        value = os.fsencode(value).decode("utf-8")
+    return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], value) if escapes else value
+
+
 @app.command()
 @reports_errors
 def sample(
     checkpoint: Checkpoint = None,
     temp: Annotated[float, typer.Option("--temp", "-t", help="Softmax temperature; 0 = always the likeliest.")]
     = 1.0,
-    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime.")] = 1000,
-    prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from; printed first.")] = "",
-    seed: opt(int, "Same checkpoint + same seed = same text.") = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Draw only from the K likeliest characters; 0 = off.")]
+    = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="Nucleus: draw only from the likeliest characters "
+                                         "whose probabilities sum to P, in (0, 1]; 1 = off.")] = 1.0,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime, per "
+                                        "sample; 0 = endless (until stdout closes or Ctrl-C).")] = 1000,
+    prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from, printed first; - reads it "
+                                       "from stdin.")] = "",
+    prime_file: Annotated[Path | None, typer.Option("--prime-file", help="Read the prime from this UTF-8 file.")]
+    = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", help="Samples drawn together as one batch, "
+                                             "written one after another.")] = 1,
+    separator: Annotated[str, typer.Option(help="Written between samples (\\n \\t \\r \\\\ understood).")]
+    = "\\n\\n",
+    stop: Annotated[str, typer.Option(help="A sample ends once it generates this string, which is written "
+                                      "(\\n \\t \\r \\\\ understood); else at --length.")] = "",
+    seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
+    = None,
     device: Device = "auto",
 ) -> None:
-    """Write generated text to stdout, one character at a time."""
-    if not math.isfinite(temp) or temp < 0:
-        raise UsageError(f"--temp must be a finite number >= 0, not {temp}")
-    if length < 0:
-        raise UsageError(f"--length must be >= 0, not {length}")
-    from charrnn.commands import sample_text
+    """Write generated text to stdout (UTF-8), streamed as it is made.
 
-    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
-    write_stream(sample_text(checkpoint, prime, length, temp, seed, device))
+    Prime characters outside the model's vocabulary are skipped, with a
+    warning on stderr. With --num-samples, the first sample streams live;
+    the others are buffered and follow in order.
+
+    Exit status: 0 when done, also when stdout closes early (quietly,
+    nothing on stderr: charrnn sample -n 0 | head -c 100); 1: bad
+    checkpoint or prime file; 2: bad options; 130: Ctrl-C.
+    """
+    from charrnn.config import SampleConfig
+
+    if prime_file is not None and prime:
+        raise UsageError("give either --prime or --prime-file, not both")
+    cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
+                       separator=flag_text(separator, escapes=True), stop=flag_text(stop, escapes=True),
+                       seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    cfg.validate()
+    from charrnn.commands import read_prime, sample_text
+
+    cfg.prime = read_prime(flag_text(prime), prime_file)
+    write_stream(sample_text(checkpoint, cfg, device))
 
 
 def write_stream(chunks) -> None:
@@ -145,6 +186,40 @@ def write_stream(chunks) -> None:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at interpreter exit
         raise typer.Exit(0) from None
+
+
+@app.command()
+@reports_errors
+def score(
+    file: Annotated[str, typer.Argument(help="UTF-8 text to score, or - for stdin.")] = "-",
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory "
+                                                    "(best, else last). Default: the newest run under ./checkpoints.")]
+    = None,
+    per_line: Annotated[bool, typer.Option("--per-line", help="Score each line on its own, as it arrives: "
+                                           "bits_per_char<TAB>line, ready for sort -n.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line).")]
+    = False,
+    device: Device = "auto",
+) -> None:
+    """Score a text under a model: bits/char, nats/char, perplexity.
+
+    The text is scored in the layout of training's validation (the
+    checkpoint's batch size and sequence length, state carried), so a run's
+    validation split scores its validation loss. Characters outside the
+    vocabulary are skipped, counted (oov) and named on stderr. --per-line
+    scores each line alone, its newline included, as if after a newline.
+
+    Exit status: 0 ok, also when stdout closes early; 1: unreadable text
+    or checkpoint; 2: bad options; 130: Ctrl-C.
+    """
+    if file == "-" and sys.stdin.isatty():
+        raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
+    from charrnn.commands import score_each_line, score_report
+
+    if per_line:
+        write_stream(score_each_line(file, checkpoint, device, json_))
+    else:
+        write_stream([score_report(file, checkpoint, device, json_) + "\n"])
 
 
 @app.command("info")

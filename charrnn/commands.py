@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
+import math
 import signal
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from charrnn import checkpoint, config, corpus, run
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
 from charrnn.checkpoint import LAST
-from charrnn.config import TrainConfig
+from charrnn.config import SampleConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.model import CharRNN, num_params
-from charrnn.sample import generate
+from charrnn.sample import generate, generate_batch, in_order
+from charrnn.score import read_lines, score_lines, score_text
 from charrnn.train import NonFiniteError, Trainer
 
 
@@ -76,6 +82,8 @@ def train_run(source: str, directory: Path, given: dict, force: bool, resume: bo
             p = trainer.run()
         except NonFiniteError as e:
             raise CharrnnError(f"{e}; {recorder.last_good()}") from None
+        except KeyboardInterrupt:
+            raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
     if received:
         sig = received[0]
         info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
@@ -105,17 +113,71 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(s, h)
 
 
-def sample_text(target: Path | None, prime: str, length: int, temp: float, seed: int, device_name: str):
-    """Yield the prime, then length generated characters."""
+def load_chosen(target: Path | None, device_name: str, verb: str):
+    """(model, vocab, meta, device) of a checkpoint; says on stderr which file, unless a file was named."""
     device = devices.pick(device_name)
     path = checkpoint.resolve(target)
-    model, vocab, _ = run.load_model(path, device)
-    info(f"sampling from {path}")
-    unknown = vocab.unknown(prime)
+    model, vocab, meta = run.load_model(path, device)
+    if target is None or target.is_dir():
+        info(f"{verb} {path}")
+    return model, vocab, meta, device
+
+
+def read_prime(prime: str, prime_file: Path | None) -> str:
+    """The prime text: --prime TEXT, --prime - (stdin) or --prime-file PATH, read as UTF-8."""
+    if prime_file is not None:
+        return corpus.decode(str(prime_file), corpus.read_bytes(str(prime_file))[1])
+    if prime == "-":
+        return corpus.decode("stdin", sys.stdin.buffer.read())
+    return prime
+
+
+def sample_text(target: Path | None, cfg: SampleConfig, device_name: str) -> Iterator[str]:
+    """Yield the text of cfg.num_samples samples, each the prime then its continuation, separated."""
+    model, vocab, _, device = load_chosen(target, device_name, "sampling from")
+    unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
-    yield prime
-    yield from generate(model, vocab, prime, length, temp, seed, device)
+    events = generate_batch(model, vocab, cfg, cfg.seed, device)
+    yield from in_order(events, cfg.num_samples, cfg.prime, cfg.separator)
+
+
+def warn_unknown(unknown: list[str], count: int) -> None:
+    if unknown:
+        warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")
+
+
+def score_report(source: str, target: Path | None, device_name: str, as_json: bool) -> str:
+    """The score of a whole text, as aligned `name value` lines or as JSON."""
+    model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
+    name, data = corpus.read_bytes(source)
+    text = corpus.decode(name, data)
+    train_cfg = {**dataclasses.asdict(TrainConfig()), **meta.get("train", {})}
+    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device)
+    warn_unknown(result.oov_chars, result.oov)
+    report = result.as_dict()
+    if as_json:
+        return json.dumps(report, ensure_ascii=False)
+    report["oov_chars"] = repr("".join(result.oov_chars))  # quoted, control characters escaped
+    if not result.oov:
+        del report["oov_chars"]
+    return "\n".join(f"{k:<14} {v:.4f}" if isinstance(v, float) else f"{k:<14} {v}" for k, v in report.items())
+
+
+def score_each_line(source: str, target: Path | None, device_name: str, as_json: bool) -> Iterator[str]:
+    """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
+    model, vocab, _, device = load_chosen(target, device_name, "scoring with")
+    unknown: set[str] = set()
+    count = 0
+    for s in score_lines(model, vocab, read_lines(source), device):
+        unknown.update(s.unknown)
+        count += s.oov
+        if as_json:
+            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
+                              "scored": s.scored, "line": s.line}, ensure_ascii=False) + "\n"
+        else:
+            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+    warn_unknown(sorted(unknown), count)
 
 
 def describe(target: Path | None) -> str:

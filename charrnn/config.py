@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,7 +125,27 @@ def for_resume(model: dict, train: dict, given: dict) -> tuple[ModelConfig, Trai
 
 @dataclass
 class SampleConfig:
-    length: int = 1000  # characters to generate after the prime
+    length: int = 1000  # characters to generate after the prime, per sample; 0 = endless
     temperature: float = 1.0  # softmax temperature; 0 = argmax
+    top_k: int = 0  # keep only the k likeliest characters; 0 = all
+    top_p: float = 1.0  # nucleus: keep the likeliest characters whose probabilities sum to p; 1 = all
     prime: str = ""  # text the state is warmed up on, printed first
     seed: int | None = None  # same checkpoint + same seed -> same text
+    num_samples: int = 1  # N samples generated together as one batch
+    separator: str = "\n\n"  # written between samples: a blank line
+    stop: str = ""  # a sample ends once it has emitted this string (included); "" = only --length
+
+    def validate(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise UsageError(f"--temp must be a finite number >= 0, not {self.temperature}")
+        if self.length < 0:
+            raise UsageError(f"--length must be >= 0 (0 = endless), not {self.length}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0 = off), not {self.top_k}")
+        if not 0 < self.top_p <= 1:  # also rejects NaN
+            raise UsageError(f"--top-p must be in (0, 1] (1 = off), not {self.top_p}")
+        if self.num_samples < 1:
+            raise UsageError(f"--num-samples must be at least 1, not {self.num_samples}")
+        if self.length == 0 and self.num_samples > 1 and not self.stop:
+            raise UsageError("--length 0 (endless) with --num-samples > 1 needs --stop: "
+                             "otherwise only the first sample would ever be written")

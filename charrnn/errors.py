@@ -20,6 +20,6 @@ class CheckpointError(CharrnnError):
 class Interrupted(CharrnnError):
     """Stopped by a signal after saving (exit 128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, exit_code: int):
-        super().__init__("")
+    def __init__(self, exit_code: int, message: str = ""):
+        super().__init__(message)
         self.exit_code = exit_code

@@ -1,38 +1,125 @@
-"""Generation (each sampled character fed back in) and scoring."""
+"""Generation: N samples as one batch, each sampled character fed back in; the samples written in order."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterable, Iterator
 
 import torch
 
-from charrnn.model import CharRNN
+from charrnn.config import SampleConfig
+from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
 
+Event = tuple[int, str | None]  # (sample, character), or (sample, None) once that sample has ended
+PRIME_CHUNK = 4096  # prime characters fed per forward pass: bounds the (1, P, V) logits of a long prime
 
-def pick(logits: torch.Tensor, temperature: float, gen: torch.Generator) -> int:
-    """One id from logits (V,): argmax at temperature 0, else a draw from softmax(logits / temperature)."""
-    if temperature == 0:
-        return int(logits.argmax())
-    logp = torch.log_softmax(logits.double() / temperature, dim=-1)  # max subtracted inside: no overflow
-    return int(torch.multinomial(logp.exp(), 1, generator=gen))
+
+def filtered_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Log-probabilities (B, V), float64, after temperature, then top-k, then top-p; -inf outside the kept set.
+
+    The max is subtracted before dividing by the temperature, so a tiny temperature sends every other
+    character to -inf (never inf - inf = NaN). Top-k keeps ties at the k-th value; top-p keeps the likeliest
+    characters until their probabilities reach p (always at least one)."""
+    z = logits.double()  # (B, V)
+    z = (z - z.amax(dim=-1, keepdim=True)) / temperature  # (B, V), max 0: nothing overflows
+    if 0 < top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        z = z.masked_fill(z < kth, -math.inf)
+    logp = torch.log_softmax(z, dim=-1)  # (B, V)
+    if top_p < 1:
+        p_sorted, order = logp.exp().sort(dim=-1, descending=True, stable=True)  # (B, V) each
+        before = p_sorted.cumsum(dim=-1) - p_sorted  # (B, V) mass of the likelier characters
+        drop = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before >= top_p)  # (B, V)
+        logp = torch.log_softmax(logp.masked_fill(drop, -math.inf), dim=-1)
+    return logp
+
+
+def pick(logits: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> torch.Tensor:
+    """One id per row of logits (B, V) -> (B,): argmax at temperature 0, else a draw from the filtered softmax."""
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = filtered_logprobs(logits, cfg.temperature, cfg.top_k, cfg.top_p).exp()  # (B, V)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
+            device: torch.device) -> tuple[torch.Tensor, State]:
+    """Logits (1, V) after the prime's known characters, and the state there.
+
+    With no usable prime the model starts as if after a newline (or a random character)."""
+    known = "".join(c for c in prime if c in vocab)
+    if not known:
+        start = vocab.index.get("\n")
+        known = vocab.chars[start if start is not None else int(torch.randint(len(vocab), (1,), generator=gen))]
+    ids = torch.from_numpy(vocab.encode(known).astype("int64"))[None].to(device)  # (1, P)
+    state = None
+    for t in range(0, ids.shape[1], PRIME_CHUNK):
+        logits, state = model(ids[:, t : t + PRIME_CHUNK], state)  # (1, <=PRIME_CHUNK, V)
+    return logits[:, -1], state
 
 
 @torch.no_grad()
-def generate(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature: float, seed: int,
-             device: torch.device) -> Iterator[str]:
-    """Yield length characters continuing prime (characters outside the vocab are skipped).
+def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int,
+                   device: torch.device) -> Iterator[Event]:
+    """Events of cfg.num_samples samples drawn together: one forward pass per step for every unfinished sample.
 
-    With no usable prime the model starts as if after a newline (or a random character)."""
+    A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
+    finished samples leave the batch."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    known = [c for c in prime if c in vocab]
-    if not known:
-        start = vocab.index.get("\n")
-        known = [vocab.chars[start if start is not None else int(torch.randint(len(vocab), (1,), generator=gen))]]
-    x = torch.from_numpy(vocab.encode("".join(known)).astype("int64"))[None].to(device)  # (1, P)
-    logits, state = model(x)  # (1, P, V): the state is warmed up on the whole prime
-    for _ in range(length):
-        i = pick(logits[0, -1].float().cpu(), temperature, gen)
-        yield vocab.chars[i]
-        logits, state = model(torch.tensor([[i]], device=device), state)  # (1, 1, V)
+    n = cfg.num_samples
+    logits, state = warm_up(model, vocab, cfg.prime, gen, device)  # (1, V)
+    logits = logits.expand(n, -1)  # (N, V): every sample starts from the primed state
+    state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # each (layers, N, H)
+    rows, tails, step = list(range(n)), [""] * n, 0  # rows[r]: the sample that batch row r belongs to
+    while rows:
+        ids = pick(logits.float().cpu(), cfg, gen).tolist()  # (rows,)
+        step += 1
+        keep = []
+        for r, i in enumerate(rows):
+            yield i, vocab.chars[ids[r]]
+            tails[i] = (tails[i] + vocab.chars[ids[r]])[-len(cfg.stop):] if cfg.stop else ""
+            if step == cfg.length or (cfg.stop and tails[i] == cfg.stop):
+                yield i, None
+            else:
+                keep.append(r)
+        if not keep:
+            return
+        rows = [rows[r] for r in keep]
+        index = torch.tensor(keep, device=device)  # (rows,)
+        state = tuple(s.index_select(1, index) for s in state)  # each (layers, rows, H)
+        x = torch.tensor([[ids[r]] for r in keep], device=device)  # (rows, 1)
+        logits, state = model(x, state)  # (rows, 1, V)
+        logits = logits[:, -1]  # (rows, V)
+
+
+def in_order(events: Iterable[Event], n: int, prime: str, separator: str) -> Iterator[str]:
+    """The text of samples 0..n-1 one after another, separator between, each starting with the prime.
+
+    The first unfinished sample streams live; later ones wait in a buffer and are written when their turn
+    comes, so the output equals the samples written one by one."""
+    buffers: list[list[str]] = [[] for _ in range(n)]
+    done, head = [False] * n, 0
+    yield prime
+    for i, ch in events:
+        if ch is None:
+            done[i] = True
+        elif i == head:
+            yield ch
+        else:
+            buffers[i].append(ch)
+        while head < n and done[head]:
+            head += 1
+            if head < n:
+                yield separator + prime + "".join(buffers[head])
+                buffers[head] = []
+
+
+def generate(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature: float, seed: int,
+             device: torch.device) -> Iterator[str]:
+    """Yield length characters (0 = endless) continuing prime; characters outside the vocab are skipped."""
+    cfg = SampleConfig(length=length, temperature=temperature, prime=prime)
+    for _, ch in generate_batch(model, vocab, cfg, seed, device):
+        if ch is not None:
+            yield ch

@@ -1,0 +1,121 @@
+"""Scoring: how well a model predicts a text, in nats and bits per character, whole or line by line."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from charrnn.batches import Streams
+from charrnn.corpus import BINARY_SNIFF, BOM
+from charrnn.device import autocast
+from charrnn.errors import CharrnnError
+from charrnn.model import CharRNN
+from charrnn.train import evaluate
+from charrnn.vocab import Vocab
+
+LN2 = math.log(2)
+
+
+@dataclass
+class Score:
+    nats_per_char: float  # mean cross-entropy of the scored characters
+    scored: int  # characters whose prediction counts in the mean
+    chars: int  # characters in the text, out-of-vocabulary ones included
+    oov: int  # characters outside the model's vocabulary: skipped, not scored
+    oov_chars: list[str]  # those characters, sorted, each once
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats_per_char / LN2
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.nats_per_char)
+
+    def as_dict(self) -> dict:
+        return {"bits_per_char": self.bits_per_char, "nats_per_char": self.nats_per_char,
+                "perplexity": self.perplexity, "chars": self.chars, "scored": self.scored,
+                "oov": self.oov, "oov_chars": self.oov_chars}
+
+
+def drop_unknown(vocab: Vocab, text: str) -> tuple[str, list[str]]:
+    """(text without the characters outside the vocab, those characters)."""
+    unknown = vocab.unknown(text)
+    return (text.translate(dict.fromkeys(map(ord, unknown))) if unknown else text), unknown
+
+
+def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len: int,
+               device: torch.device) -> Score:
+    """Mean loss over text in the layout of training's validation: min(B, (n-1)//T) contiguous streams,
+    windows of T, state carried, so the validation split scores exactly its reported validation loss.
+
+    Every character but the first is predicted, except the (n-1) mod B' that do not fill the last stream."""
+    kept, unknown = drop_unknown(vocab, text)
+    ids = vocab.encode(kept)  # (n,)
+    if len(ids) < 2:
+        raise CharrnnError(f"nothing to score: the text has {len(ids)} character(s) in the model's vocabulary; "
+                           "scoring needs at least 2")
+    streams = Streams(ids, max(1, min(batch_size, (len(ids) - 1) // seq_len)), seq_len, full_windows=False)
+    nats = evaluate(model, streams, device)
+    return Score(nats, streams.batch_size * streams.stream_len, len(text), len(text) - len(kept), unknown)
+
+
+@dataclass
+class LineScore:
+    bits_per_char: float  # NaN when nothing in the line could be scored
+    scored: int  # characters scored, the line's newline included
+    line: str  # the line without its newline
+    unknown: list[str]  # characters of the line outside the vocabulary, each once
+    oov: int  # how many of the line's characters were outside the vocabulary (skipped)
+
+
+@torch.no_grad()
+def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device) -> Iterator[LineScore]:
+    """Each line (newline included) scored on its own, as if it followed a newline: comparable across lines,
+    independent of their order. Without a newline in the vocab a line's first character is context only."""
+    model.eval()
+    newline = vocab.index.get("\n")
+    for line in lines:
+        kept, unknown = drop_unknown(vocab, line)
+        ids = ([newline] if newline is not None else []) + vocab.encode(kept).tolist()
+        text = line[:-1] if line.endswith("\n") else line
+        if len(ids) < 2:
+            yield LineScore(math.nan, 0, text, unknown, len(line) - len(kept))
+            continue
+        x = torch.tensor([ids[:-1]], device=device)  # (1, T)
+        y = torch.tensor(ids[1:], device=device)  # (T,)
+        with autocast(device):
+            logits, _ = model(x)  # (1, T, V)
+        nats = F.cross_entropy(logits[0].float(), y, reduction="mean").item()
+        yield LineScore(nats / LN2, len(y), text, unknown, len(line) - len(kept))
+
+
+def read_lines(source: str) -> Iterator[str]:
+    """UTF-8 lines of a file or of stdin ('-'), newline kept, each as soon as it arrives."""
+    name = "stdin" if source == "-" else source
+    try:
+        stream = contextlib.nullcontext(sys.stdin.buffer) if source == "-" else Path(source).open("rb")
+    except FileNotFoundError:
+        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
+    except OSError as e:
+        raise CharrnnError(f"cannot read {source}: {e.strerror}") from None
+    offset = 0
+    with stream as lines:
+        for number, raw in enumerate(lines, 1):
+            if offset < BINARY_SNIFF and b"\x00" in raw:
+                raise CharrnnError(f"{name} looks like a binary file (NUL byte at offset {offset + raw.index(0)}); "
+                                   "give a UTF-8 text file")
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CharrnnError(f"{name} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset "
+                                   f"{offset + e.start} (line {number}); re-encode it as UTF-8") from None
+            offset += len(raw)
+            yield line[1:] if number == 1 and line.startswith(BOM) else line

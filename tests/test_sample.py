@@ -1,0 +1,229 @@
+"""charrnn sample through the CLI, with real tiny checkpoints: every option, edge case and pipe."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, cli, make_text
+
+from charrnn import device as devices
+from charrnn import run as runs
+from charrnn.config import SampleConfig
+from charrnn.sample import filtered_logprobs, generate_batch
+
+UNI = "aé日🙂ßb \n"  # a corpus alphabet that is mostly outside ASCII
+
+
+def trained(tmp: Path, text: str) -> Path:
+    """Train a tiny model on text through the CLI; returns its best.safetensors."""
+    (tmp / "c.txt").write_text(text, encoding="utf-8")
+    result = cli("train", tmp / "c.txt", *TINY, "--max-steps", "6", "--eval-every", "3", "--out", tmp / "runs")
+    assert result.exit_code == 0, result.stderr
+    return tmp / "runs" / "c" / "best.safetensors"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("ascii"), make_text(6000))
+
+
+@pytest.fixture(scope="module")
+def uni_ckpt(tmp_path_factory) -> Path:
+    return trained(tmp_path_factory.mktemp("uni"), make_text(6000, alphabet=UNI))
+
+
+def sample(ckpt: Path, *args, input: str | None = None) -> str:
+    result = cli("sample", ckpt, *args, input=input)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout
+
+
+def step_logits(ckpt: Path, prime: str, text: str) -> tuple[torch.Tensor, list[int]]:
+    """The model's logits (L, V) before each character of text (generated after prime), and text's ids."""
+    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    context = prime or "\n"
+    ids = vocab.encode(context + text).astype("int64")
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(ids[:-1])[None])  # (1, P + L - 1, V)
+    return logits[0, len(context) - 1 :], ids[len(context) :].tolist()
+
+
+def ranks(ckpt: Path, prime: str, text: str) -> list[int]:
+    """For each character of text: how many characters the model found likelier at that step."""
+    logits, ids = step_logits(ckpt, prime, text)
+    return [int((row > row[i] + 1e-5).sum()) for row, i in zip(logits, ids, strict=True)]
+
+
+def test_same_seed_same_text_and_another_seed_differs(ckpt):
+    opts = ["-n", "200", "--top-k", "5", "--top-p", "0.95", "-t", "0.9", "--num-samples", "3", "--stop", "k "]
+    first = sample(ckpt, *opts, "--seed", "7")
+    assert first == sample(ckpt, *opts, "--seed", "7")
+    assert first != sample(ckpt, *opts, "--seed", "8")
+
+
+def test_temp_zero_is_argmax_and_top_k_1_and_tiny_temps_agree(ckpt):
+    greedy = sample(ckpt, "-n", "60", "-t", "0", "--seed", "1")
+    assert greedy == sample(ckpt, "-n", "60", "-t", "0", "--seed", "2")  # no randomness at all
+    assert set(ranks(ckpt, "", greedy)) == {0}  # each character was the likeliest at its step
+    assert sample(ckpt, "-n", "60", "--top-k", "1", "--seed", "3") == greedy
+    assert sample(ckpt, "-n", "60", "--top-p", "1e-9", "--seed", "4") == greedy
+    for tiny in ("1e-30", "1e-300", "5e-324"):  # no NaN or overflow: the likeliest character wins
+        assert sample(ckpt, "-n", "60", "-t", tiny, "--seed", "5") == greedy
+
+
+def test_top_k_draws_only_from_the_k_likeliest(ckpt):
+    hot = sample(ckpt, "-n", "300", "-t", "5", "--seed", "1")
+    assert max(ranks(ckpt, "", hot)) >= 2  # without --top-k, a hot temperature strays beyond the top 2
+    limited = sample(ckpt, "-n", "300", "-t", "5", "--top-k", "2", "--seed", "1")
+    assert max(ranks(ckpt, "", limited)) <= 1
+
+
+def likelier_mass(ckpt: Path, text: str, temp: float) -> list[float]:
+    """For each character of text: the probability of the characters likelier than it at that step."""
+    logits, ids = step_logits(ckpt, "", text)
+    probs = torch.softmax(logits.double() / temp, dim=-1)  # (L, V) at the sampling temperature
+    return [float(p[p > p[i] + 1e-9].sum()) for p, i in zip(probs, ids, strict=True)]
+
+
+def test_top_p_draws_only_from_the_nucleus(ckpt):
+    free = sample(ckpt, "-n", "300", "-t", "2", "--seed", "1")
+    assert max(likelier_mass(ckpt, free, 2)) >= 0.5  # without --top-p some picks lie outside the nucleus
+    nucleus = sample(ckpt, "-n", "300", "-t", "2", "--top-p", "0.5", "--seed", "1")
+    assert max(likelier_mass(ckpt, nucleus, 2)) < 0.5
+
+
+def test_filtered_logprobs_are_finite_where_kept():
+    logits = torch.tensor([[3.0, 1.0, 1.0, -2.0], [0.0, 0.0, 0.0, 0.0]])  # (2, 4)
+    for temp, k, p in [(1e-300, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.3), (1e300, 3, 0.9)]:
+        logp = filtered_logprobs(logits, temp, k, p)
+        assert not logp.isnan().any()
+        assert torch.allclose(logp.exp().sum(-1), torch.ones(2, dtype=torch.float64))
+    assert (filtered_logprobs(logits, 1.0, 2)[0].isinf() == torch.tensor([False, False, False, True])).all()
+
+
+@pytest.mark.parametrize("args", [
+    ["-t", "-1"], ["-t", "nan"], ["-t", "inf"], ["-t", "-inf"], ["--top-k", "-1"], ["--top-p", "0"],
+    ["--top-p", "1.5"], ["--top-p", "nan"], ["--top-p", "-0.2"], ["--num-samples", "0"], ["-n", "-1"],
+    ["-n", "0", "--num-samples", "2"], ["--prime", "a", "--prime-file", "p.txt"],
+])
+def test_bad_options_are_usage_errors(args):
+    result = cli("sample", *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_num_samples_are_written_in_order_with_the_separator(ckpt):
+    text = sample(ckpt, "-n", "40", "-p", "ab", "--num-samples", "4", "--separator", "=\\n", "--seed", "2")
+    parts = text.split("=\n")
+    assert len(parts) == 4 and all(len(p) == 42 and p.startswith("ab") for p in parts)
+    assert len(set(parts)) == 4  # independent draws
+    default = sample(ckpt, "-n", "40", "--num-samples", "3", "--seed", "2")
+    assert len(default) == 3 * 40 + 2 * 2  # separated by a blank line: "\n\n"
+
+
+def test_num_samples_share_one_forward_pass_per_step(ckpt):
+    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    batches = []
+    model.register_forward_hook(lambda m, args, out: batches.append(args[0].shape))
+    cfg = SampleConfig(length=10, num_samples=5, prime="ab")
+    events = list(generate_batch(model, vocab, cfg, 0, devices.pick("cpu")))
+    assert batches == [(1, 2)] + [(5, 1)] * 9  # the prime once, then every sample in one batch per step
+    assert sum(ch is None for _, ch in events) == 5 and len(events) == 5 * 11
+
+
+def test_stop_ends_a_sample_at_its_first_occurrence(ckpt):
+    full = sample(ckpt, "-n", "300", "-p", "ab ", "--seed", "4")
+    gen = full[3:]
+    assert "k" in gen
+    stopped = sample(ckpt, "-n", "300", "-p", "ab ", "--stop", "k", "--seed", "4")
+    assert stopped == "ab " + gen[: gen.index("k") + 1]  # the stop string included; the prime never stops it
+    assert sample(ckpt, "-n", "300", "-p", "ab ", "--stop", "\\n", "--seed", "4").endswith("\n")
+    absent = sample(ckpt, "-n", "50", "--stop", "no such text", "--seed", "4")
+    assert len(absent) == 50  # otherwise --length ends it
+
+
+def test_stop_with_num_samples(ckpt):
+    text = sample(ckpt, "-n", "0", "--num-samples", "3", "--stop", " ", "--separator", "|", "--seed", "6")
+    parts = text.split("|")
+    assert len(parts) == 3 and all(p.endswith(" ") and p.count(" ") == 1 for p in parts)
+
+
+def test_prime_from_stdin_file_and_argument_agree(ckpt, tmp_path):
+    prime = "ab ci\nk"
+    given = sample(ckpt, "-n", "50", "-p", prime, "--seed", "9")
+    assert given.startswith(prime) and len(given) == len(prime) + 50
+    assert sample(ckpt, "-n", "50", "-p", "-", "--seed", "9", input=prime) == given
+    (tmp_path / "p.txt").write_text(prime, encoding="utf-8")
+    assert sample(ckpt, "-n", "50", "--prime-file", tmp_path / "p.txt", "--seed", "9") == given
+
+
+def test_unknown_prime_characters_are_named_and_skipped(ckpt):
+    result = cli("sample", ckpt, "-n", "50", "-p", "aé日b", "--seed", "9")
+    assert result.exit_code == 0
+    assert "é" in result.stderr and "日" in result.stderr and "warning" in result.stderr
+    assert result.stdout == "aé日b" + sample(ckpt, "-n", "50", "-p", "ab", "--seed", "9")[2:]
+
+
+def test_missing_prime_file_is_an_error(ckpt):
+    result = cli("sample", ckpt, "--prime-file", "nope.txt")
+    assert result.exit_code == 1 and "nope.txt" in result.stderr and "Traceback" not in result.stderr
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def pipe_into_head(args: list, nbytes: int = 100) -> tuple[bytes, int, bytes]:
+    """`python -m charrnn ARGS | head -c NBYTES` through a real pipe: (head's output, charrnn's exit, its stderr)."""
+    producer = subprocess.Popen([sys.executable, "-m", "charrnn", *map(str, args)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env())
+    head = subprocess.Popen(["head", "-c", str(nbytes)], stdin=producer.stdout, stdout=subprocess.PIPE)
+    producer.stdout.close()  # head alone holds the read end: its exit closes the pipe
+    out, _ = head.communicate(timeout=120)
+    err = producer.stderr.read()
+    return out, producer.wait(timeout=120), err
+
+
+def test_closed_stdout_ends_quietly(ckpt):
+    out, code, err = pipe_into_head(["sample", ckpt, "-n", "100000", "--seed", "1"])
+    assert len(out) == 100 and code == 0 and err == b""
+
+
+def test_endless_sampling_with_the_default_checkpoint_ends_when_the_pipe_closes(ckpt, tmp_path):
+    shutil.copytree(ckpt.parent, tmp_path / "checkpoints" / "mine")
+    out, code, err = pipe_into_head(["sample", "-n", "0"], nbytes=5000)
+    assert len(out) == 5000 and code == 0
+    assert err.decode().strip() == "sampling from checkpoints/mine/best.safetensors"  # which model; nothing else
+
+
+def test_ctrl_c_exits_130_without_a_traceback(ckpt):
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", ckpt, "-n", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env())
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    assert proc.stdout.read(10)  # generation is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate()
+    watchdog.cancel()
+    assert proc.returncode == 130 and err == b""
+
+
+def test_output_is_utf8_whatever_the_locale(uni_ckpt):
+    plain = {k: v for k, v in env().items() if k not in ("PYTHONIOENCODING", "LANG") and not k.startswith("LC_")}
+    c_locale = {**plain, "LC_ALL": "C", "PYTHONUTF8": "0"}  # Python's own stdout would be ASCII here
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "sample", uni_ckpt, "-n", "200", "-p", "日🙂",
+                           "--seed", "3"], capture_output=True, env=c_locale, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.decode("utf-8")
+    assert text.startswith("日🙂") and len(text) == 202
+    assert set(text[2:]) - set(" \nab")  # non-ASCII characters were generated and written
+    assert text == sample(uni_ckpt, "-n", "200", "-p", "日🙂", "--seed", "3")

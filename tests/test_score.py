@@ -1,0 +1,164 @@
+"""charrnn score through the CLI, with real tiny checkpoints: report, JSON, per line, stdin, edge cases."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import TINY, cli, make_text
+
+TEXT = make_text(6000)
+
+
+def train(tmp: Path, *extra: str) -> Path:
+    """Train a tiny model on TEXT through the CLI; returns the run directory."""
+    (tmp / "c.txt").write_text(TEXT, encoding="utf-8")
+    result = cli("train", tmp / "c.txt", *TINY, "--max-steps", "9", "--eval-every", "3", "--out", tmp / "runs",
+                 *extra)
+    assert result.exit_code == 0, result.stderr
+    return tmp / "runs" / "c"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return train(tmp_path_factory.mktemp("score"))
+
+
+def score(*args, input: str | bytes | None = None) -> dict:
+    result = cli("score", *args, "--json", input=input)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def val_losses(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss"] for r in rows if "val_loss" in r]
+
+
+@pytest.mark.parametrize("val_frac", ["0.1", "0.01"])  # 600 validation characters: 4 streams; 60: only 3 fit
+def test_scoring_the_validation_split_gives_the_validation_loss(tmp_path, val_frac):
+    run = train(tmp_path, "--val-frac", val_frac)
+    val_text = TEXT[len(TEXT) - int(len(TEXT) * float(val_frac)) :]
+    (tmp_path / "val.txt").write_text(val_text, encoding="utf-8")
+    losses = val_losses(run)
+    assert len(losses) == 3 and len(set(losses)) > 1
+    best = score(tmp_path / "val.txt", "-c", run)  # the run directory means best.safetensors
+    assert abs(best["nats_per_char"] - min(losses)) < 1e-3
+    last = score(tmp_path / "val.txt", "-c", run / "last.safetensors")
+    assert abs(last["nats_per_char"] - losses[-1]) < 1e-3
+    assert best["chars"] == len(val_text) and best["oov"] == 0
+
+
+def test_report_fields_agree_and_text_matches_json(run_dir, tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT[:2000], encoding="utf-8")
+    data = score(tmp_path / "t.txt", "-c", run_dir)
+    assert math.isclose(data["bits_per_char"], data["nats_per_char"] / math.log(2))
+    assert math.isclose(data["perplexity"], math.exp(data["nats_per_char"]))
+    assert data["chars"] == 2000 and 1999 - 3 <= data["scored"] <= 1999  # B - 1 = 3 at most left unfilled
+    result = cli("score", tmp_path / "t.txt", "-c", run_dir)
+    assert result.exit_code == 0
+    table = dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
+    assert set(table) == {"bits_per_char", "nats_per_char", "perplexity", "chars", "scored", "oov"}
+    assert float(table["bits_per_char"]) == pytest.approx(data["bits_per_char"], abs=1e-4)
+    assert int(table["chars"]) == 2000 and result.stderr == "scoring with " + str(run_dir / "best.safetensors") + "\n"
+
+
+def test_stdin_and_default_checkpoint(run_dir, tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT[:1000], encoding="utf-8")
+    named = score(tmp_path / "t.txt", "-c", run_dir)
+    shutil.copytree(run_dir, tmp_path / "checkpoints" / "mine")
+    assert score(input=TEXT[:1000]) == named  # FILE defaults to stdin, checkpoint to the newest run
+    assert score("-", input=TEXT[:1000].encode()) == named
+
+
+def test_characters_outside_the_vocabulary_are_counted_not_scored(run_dir):
+    text = TEXT[:1000]
+    dirty = text[:100] + "é" + text[100:500] + "日日" + text[500:]
+    clean = score("-c", run_dir, input=text)
+    result = cli("score", "-c", run_dir, "--json", input=dirty)
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["oov"] == 3 and data["oov_chars"] == ["é", "日"] and data["chars"] == 1003
+    assert data["nats_per_char"] == clean["nats_per_char"]  # excluded from the loss
+    assert "3 character(s)" in result.stderr and "é日" in result.stderr
+    table = cli("score", "-c", run_dir, input=dirty).stdout
+    assert "oov            3\n" in table and "oov_chars      'é日'" in table
+
+
+def test_per_line_keeps_order_and_scores_each_line_alone(run_dir):
+    lines = TEXT[:600].splitlines()[:12]
+    forward = cli("score", "-c", run_dir, "--per-line", input="\n".join(lines) + "\n")
+    assert forward.exit_code == 0, forward.stderr
+    rows = [row.split("\t", 1) for row in forward.stdout.splitlines()]
+    assert [text for _, text in rows] == lines
+    assert all(float(bits) > 0 for bits, _ in rows)
+    backward = cli("score", "-c", run_dir, "--per-line", input="\n".join(reversed(lines)) + "\n")
+    assert backward.stdout.splitlines() == list(reversed(forward.stdout.splitlines()))
+
+
+def test_per_line_json_and_edge_lines(run_dir):
+    text = "ab cd\n\nkéé\nab\né"  # an empty line, unknown characters, a last line of nothing known, unended
+    result = cli("score", "-c", run_dir, "--per-line", "--json", input=text)
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["line"] for r in rows] == ["ab cd", "", "kéé", "ab", "é"]
+    assert [r["scored"] for r in rows] == [6, 1, 2, 3, 0]  # the newline counts; unknown characters do not
+    assert all(isinstance(r["bits_per_char"], float) for r in rows[:4]) and rows[4]["bits_per_char"] is None
+    assert "3 character(s)" in result.stderr and "'é'" in result.stderr
+
+
+def test_per_line_output_sorts_numerically(run_dir, tmp_path):
+    lines = TEXT[:800].splitlines()[:10]
+    (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cmd = f"'{sys.executable}' -m charrnn score lines.txt -c '{run_dir / 'best.safetensors'}' --per-line | sort -n"
+    proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and proc.stderr == b""
+    bits = [float(line.split("\t")[0]) for line in proc.stdout.decode().splitlines()]
+    assert len(bits) == len(lines) and bits == sorted(bits)
+
+
+def test_per_line_streams_each_line_as_it_arrives(run_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "score", "-c", run_dir, "--per-line"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    watchdog = threading.Timer(120, proc.kill)  # a scorer that waits for the end of input would hang here
+    watchdog.start()
+    try:
+        for line in ["ab cd", "kij a", "hh"]:
+            proc.stdin.write(line.encode() + b"\n")
+            proc.stdin.flush()  # stdin stays open: the answer must come before the input ends
+            assert proc.stdout.readline().decode().endswith("\t" + line + "\n")
+        proc.stdin.close()
+        assert proc.wait() == 0
+    finally:
+        watchdog.cancel()
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"", "nothing to score"),
+    (b"a", "nothing to score"),
+    ("\u00e9\u00e9\u00e9".encode(), "nothing to score"),
+    (b"ab \xff cd", "offset 3"),
+    (b"ab\x00cd", "binary"),
+])
+def test_unscorable_text_is_a_one_line_error(run_dir, payload, message):
+    for mode in ([], ["--per-line"]) if message in ("offset 3", "binary") else ([],):
+        result = cli("score", "-c", run_dir / "best.safetensors", *mode, input=payload)
+        assert result.exit_code == 1, result.stdout
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_file_and_checkpoint_are_errors(run_dir, tmp_path):
+    result = cli("score", "nope.txt", "-c", run_dir)
+    assert result.exit_code == 1 and "nope.txt" in result.stderr
+    result = cli("score", "-c", tmp_path / "none.safetensors", input="ab")
+    assert result.exit_code == 1 and "no checkpoint" in result.stderr
+    result = cli("score", input="ab cd")  # no runs under ./checkpoints
+    assert result.exit_code == 1 and "train one first" in result.stderr
