@@ -59,7 +59,13 @@ Checkpoint = Annotated[Path | None, typer.Argument(
 @app.command()
 @reports_errors
 def train(
-    file: Annotated[str, typer.Argument(help="UTF-8 text file to learn from, or - for stdin.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="UTF-8 text files, directories (searched recursively) or - for stdin, joined in the order given.",
+        show_default=False)],
+    glob: Annotated[str | None, typer.Option(help="Only files matching this pattern in directories, e.g. '*.c'.")]
+    = None,
+    min_char_count: Annotated[int | None, typer.Option(
+        help="Characters seen fewer times map to U+FFFD. [default: 0 = off]")] = None,
     cell: Annotated[str | None, typer.Option(help="lstm, gru or rnn. [default: lstm]")] = None,
     hidden_size: Annotated[int | None, typer.Option(help="Units per layer. [default: 256]")] = None,
     num_layers: Annotated[int | None, typer.Option(help="Recurrent layers. [default: 2]")] = None,
@@ -80,21 +86,25 @@ def train(
     = None,
     seed: Annotated[int | None, typer.Option(help="Random seed. [default: 1337]")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps. [default: auto]")] = None,
-    run: Annotated[str | None, typer.Option(help="Run name. [default: the file's stem, or stdin]")] = None,
+    run: Annotated[str | None, typer.Option(help="Run name. [default: file stem, stdin, or directory name]")] = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
     config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run of the same name.")] = False,
 ) -> None:
-    """Train a model on FILE; checkpoints land in OUT/RUN/."""
+    """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
     from charrnn import config as cfgmod
+    from charrnn.sources import run_name
 
-    flags = {k: v for k, v in locals().items() if k not in ("file", "run", "out", "config", "force", "cfgmod")}
+    flags = {k: v for k, v in locals().items()
+             if k not in ("inputs", "glob", "run", "out", "config", "force", "cfgmod", "run_name")}
     settings = {**(cfgmod.from_toml(config) if config else {}), **{k: v for k, v in flags.items() if v is not None}}
     model_cfg, train_cfg = cfgmod.build(settings)
-    name = run or ("stdin" if file == "-" else Path(file).stem)
+    name = run or run_name(inputs)
+    if not run and len(inputs) > 1:
+        info(f"run name {name!r}, from the first of {len(inputs)} inputs (--run NAME to choose another)")
     from charrnn.commands import train_run
 
-    train_run(file, out / name, model_cfg, train_cfg.budgeted(), force)
+    train_run(inputs, glob, out / name, model_cfg, train_cfg.budgeted(), force)
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from charrnn import checkpoint, corpus, run
+from charrnn import checkpoint, corpus, run, sources
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
 from charrnn.config import ModelConfig, TrainConfig
@@ -13,6 +13,8 @@ from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate
 from charrnn.train import Trainer
+
+CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
 
 
 def check_size(n: int, cfg: TrainConfig) -> None:
@@ -28,8 +30,10 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                        f"--val-frac {cfg.val_frac} need at least {need:,}; give more text or lower those")
 
 
-def train_run(source: str, directory: Path, model_cfg: ModelConfig, cfg: TrainConfig, force: bool) -> None:
-    text = corpus.load(source)
+def train_run(inputs: list[str], glob: str | None, directory: Path, model_cfg: ModelConfig, cfg: TrainConfig,
+              force: bool) -> None:
+    cache = directory.parent / CACHE_DIR
+    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
     check_size(len(text.ids), cfg)
     train_ids, val_ids = text.split(cfg.val_frac)
     run.prepare(directory, force)
