@@ -167,9 +167,11 @@ def corpus_list() -> None:
 def corpus_get(
     name: Annotated[str, typer.Argument(help="Corpus name (see charrnn corpus list).")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it.")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from here instead (a mirror); checksum still checked.")]
+    = None,
 ) -> None:
     """Write a corpus to corpora/NAME.txt (or -o PATH)."""
     from charrnn.corpora import get
 
-    path, chars = get(name, output)
+    path, chars = get(name, output, url)
     info(f"wrote {path} ({chars:,} characters)")
