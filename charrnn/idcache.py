@@ -83,6 +83,10 @@ class IdsWriter:
     def write(self, ids: np.ndarray) -> None:
         ids.tofile(self.file)
 
+    def write_bytes(self, ids: bytes) -> None:
+        """Ids already packed as uint8 bytes."""
+        self.file.write(ids)
+
     def __enter__(self) -> IdsWriter:
         return self
 

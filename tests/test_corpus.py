@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,29 @@ def joined(parts: list[str]) -> str:
     return out
 
 
-@settings(max_examples=150, deadline=None)
-@given(text=texts, chunk_size=st.integers(1, 40), bom=st.booleans())
-@example(text="🙂" * 9 + "x", chunk_size=3, bom=False)  # every 4-byte character split across chunks
-@example(text="\ufeff\ufeffa", chunk_size=1, bom=False)  # only the first BOM is dropped
-def test_streaming_encode_equals_in_memory_encode(text, chunk_size, bom):
+def in_memory(text: str, min_count: int) -> tuple[Vocab, np.ndarray]:
+    """The reference: the whole text in memory, rare characters replaced, Vocab.encode."""
+    counts = Counter(text)
+    rare = {c for c, k in counts.items() if k < min_count}
+    text = "".join(corpus.REPLACEMENT if c in rare else c for c in text)
+    vocab = Vocab(sorted(set(text)))
+    return vocab, vocab.encode(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=texts, chunk_size=st.integers(1, 40), bom=st.booleans(), min_count=st.sampled_from([0, 2, 3]))
+@example(text="🙂" * 9 + "x", chunk_size=3, bom=False, min_count=0)  # every 4-byte character split across chunks
+@example(text="\ufeff\ufeffa", chunk_size=1, bom=False, min_count=0)  # only the first BOM is dropped
+@example(text="ab" * 20 + "é\n", chunk_size=7, bom=False, min_count=0)  # ASCII chunks, then a decoded one
+def test_streaming_encode_equals_in_memory_encode(text, chunk_size, bom, min_count):
     raw = ("\ufeff" if bom else "").encode() + text.encode("utf-8")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "t.txt")
         path.write_bytes(raw)
-        got = prepare([path], chunk_size)
-        reference = corpus.decode("t.txt", raw)
-        vocab = Vocab.from_text(reference)
+        got = prepare([path], chunk_size, min_count)
+        vocab, ids = in_memory(corpus.decode("t.txt", raw), min_count)
         assert got.vocab.chars == vocab.chars
-        assert np.array_equal(np.asarray(got.ids), vocab.encode(reference))
+        assert np.array_equal(np.asarray(got.ids), ids)
         assert got.ids.dtype == vocab.id_dtype
         assert got.fingerprint == "sha256:" + hashlib.sha256(raw).hexdigest()
 
