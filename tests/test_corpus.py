@@ -249,16 +249,22 @@ def test_min_char_count_through_the_cli_records_the_replacement_in_the_vocab(tmp
     assert cli("train", path, "--min-char-count", "-1").exit_code == 2
 
 
+# Linux carries a process's peak RSS across exec, so a child of this (large) pytest process would report pytest's
+# peak as its own. A bare launcher starts the run and reports getrusage(RUSAGE_CHILDREN) instead.
+LAUNCHER = """import resource, subprocess, sys
+proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+print(proc.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, proc.stderr.decode()[-2000:])
+"""
+
+
 def peak_rss_mb(*args: str) -> float:
     """Run `python -m charrnn ARGS` and return the peak resident memory of that process alone, in MB."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, stderr.decode()
-    return usage.ru_maxrss / 1024  # Linux reports kilobytes
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, sys.executable, "-m", "charrnn", *args],
+                          env=env, capture_output=True, text=True)
+    rc, maxrss_kb, stderr = proc.stdout.split(" ", 2)
+    assert proc.returncode == 0 and rc == "0", stderr + proc.stderr
+    return int(maxrss_kb) / 1024  # Linux reports kilobytes
 
 
 def write_corpus(path: Path, megabytes: int) -> None:
