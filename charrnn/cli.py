@@ -60,7 +60,8 @@ Checkpoint = Annotated[Path | None, typer.Argument(
 @reports_errors
 def train(
     inputs: Annotated[list[str], typer.Argument(
-        help="UTF-8 text files, directories (searched recursively) or - for stdin, joined in the order given.",
+        help="UTF-8 text files, directories (searched recursively; hidden and binary files skipped) or - for stdin, "
+        "joined in the order given.",
         show_default=False)],
     glob: Annotated[str | None, typer.Option(help="Only files matching this pattern in directories, e.g. '*.c'.")]
     = None,

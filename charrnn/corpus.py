@@ -156,7 +156,7 @@ class Tally:
             self.see(chunk[~self.known[chunk]])
 
     def see(self, codes: np.ndarray) -> None:
-        self.known[np.unique(codes)] = True
+        self.known[codes] = True
         self.ascii = bytes(np.flatnonzero(self.known[:128]).astype(np.uint8))
 
     def result(self) -> np.ndarray:
@@ -237,10 +237,10 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = 
             why = "inputs changed" if entry.meta_path.exists() else "no cache yet"
             start = time.monotonic()
             meta = prepare(entry, inputs.sources, inputs.name, min_count, chunk_size)
-            size = sum(row[1] for row in meta["inputs"]) / 1e6
-            seconds = time.monotonic() - start
-            info(f"corpus cache rebuilt ({why}): {entry.ids_path}; {size:,.1f} MB in {seconds:.1f} s "
-                 f"({size / max(seconds, 1e-9):,.0f} MB/s)")
+            size, seconds = sum(row[1] for row in meta["inputs"]) / 1e6, time.monotonic() - start
+            rate = f", {size / seconds:,.0f} MB/s" if seconds >= 0.1 else ""
+            info(f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
+                 f"{size:,.1f} MB in {seconds:.1f} s{rate})")
     except OSError as e:
         raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
     finally:

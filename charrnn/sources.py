@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from charrnn.console import warn
 from charrnn.errors import CharrnnError, UsageError
 
 BINARY_SNIFF = 8000  # a NUL byte in this many leading bytes marks a binary file
@@ -75,8 +76,11 @@ def _unreadable(name: str, e: OSError):
 
 def spool_stdin(directory: Path) -> Path:
     """Copy stdin to a temporary file in directory as it streams in, a chunk at a time."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".part", dir=directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".part", dir=directory)
+    except OSError as e:
+        raise CharrnnError(f"cannot keep stdin in {directory}: {e.strerror}; choose another --out") from None
     try:
         with os.fdopen(fd, "wb") as f:
             while chunk := sys.stdin.buffer.read(SPOOL_CHUNK):
@@ -119,6 +123,8 @@ def resolve(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
         raise UsageError("give at least one input: a file, a directory, or - for stdin")
     if args.count(STDIN) > 1:
         raise UsageError("stdin ('-') can be given only once")
+    if pattern is not None and not any(arg != STDIN and Path(arg).is_dir() for arg in args):
+        warn(f"--glob {pattern!r} filters the files of directories, and no directory was given; ignored")
     inputs = Inputs([], corpus_name(args))
     seen: set[Path] = set()
     try:

@@ -167,6 +167,13 @@ def test_glob_filters_directory_files(tmp_path):
         == ["a.txt", "z.c"]
     result = cli("train", tmp_path / "src", "--glob", "*.rs", *TINY)
     assert result.exit_code == 1 and "holds no text files matching --glob '*.rs'" in result.stderr
+    result = train_tiny(tmp_path / "src" / "b.txt", "--glob", "*.c", steps=1)
+    assert "warning: --glob '*.c' filters the files of directories, and no directory was given" in result.stderr
+
+
+def test_stdin_twice_is_a_usage_error():
+    result = cli("train", "-", "-", *TINY, input=b"abc")
+    assert result.exit_code == 2 and "stdin ('-') can be given only once" in result.stderr
 
 
 def test_several_inputs_name_the_run_and_keep_the_order_given(tmp_path):
