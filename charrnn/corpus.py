@@ -1,8 +1,9 @@
 """Read a corpus (files, directories, '-'), validate it as UTF-8 text, encode it to a cached id array, split it.
 
-Preparation streams, so memory stays flat whatever the corpus size: pass 1 counts every character (the
-vocabulary) and hashes the bytes; pass 2 encodes characters to ids and appends them to the id cache. Both read
-CHUNK bytes at a time through an incremental UTF-8 decoder and work on whole chunks with numpy.
+Preparation streams, so memory stays flat whatever the corpus size: pass 1 finds the vocabulary (counting each
+character only when --min-char-count needs it) and hashes the bytes; pass 2 encodes characters to ids and appends
+them to the id cache. Both read CHUNK bytes at a time through an incremental UTF-8 decoder and work on whole
+chunks with numpy; nothing loops over characters in Python.
 
 Joining several files: each file's leading byte-order mark is dropped, and a newline is put between two files
 when the first does not end with one, so lines of different files never run together. One file is kept as it is.
@@ -246,7 +247,6 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = 
     finally:
         inputs.close()
     return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"])
-
 
 
 def plural(n: int, noun: str) -> str:

@@ -54,6 +54,7 @@ class Entry:
         return np.memmap(self.ids_path, dtype=meta["dtype"], mode="r", shape=(meta["n"],))
 
     def writer(self) -> IdsWriter:
+        """A temporary ids file for a rebuild (the entry's metadata is removed first: it no longer holds)."""
         return IdsWriter(self)
 
     def store(self, meta: dict, tmp_ids: Path) -> None:
@@ -62,8 +63,7 @@ class Entry:
             os.replace(tmp_ids, self.ids_path)
             atomic_write_text(self.meta_path, json.dumps({"format": FORMAT, **meta}, ensure_ascii=True))
         except OSError as e:
-            raise CharrnnError(f"cannot write the corpus cache in {self.directory}: {e.strerror}; "
-                               "choose another --out") from None
+            raise cache_error(self.directory, e) from None
 
 
 class IdsWriter:
@@ -75,25 +75,37 @@ class IdsWriter:
             entry.meta_path.unlink(missing_ok=True)  # the old entry is no longer valid once rebuilding starts
             fd, name = tempfile.mkstemp(prefix=entry.ids_path.stem + "-", suffix=".part", dir=entry.directory)
         except OSError as e:
-            raise CharrnnError(f"cannot write the corpus cache in {entry.directory}: {e.strerror}; "
-                               "choose another --out") from None
-        self.path = Path(name)
+            raise cache_error(entry.directory, e) from None
+        self.directory, self.path = entry.directory, Path(name)
         self.file = os.fdopen(fd, "wb")
 
     def write(self, ids: np.ndarray) -> None:
-        ids.tofile(self.file)
+        self.write_bytes(ids.tobytes())
 
     def write_bytes(self, ids: bytes) -> None:
-        """Ids already packed as uint8 bytes."""
-        self.file.write(ids)
+        """Ids already packed (uint8 ids as bytes)."""
+        try:
+            self.file.write(ids)
+        except OSError as e:  # a full disk, most likely
+            raise cache_error(self.directory, e) from None
 
     def __enter__(self) -> IdsWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.file.close()
-        if exc[0] is not None:
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            self.file.close()  # flushes: may find the disk full too
+        except OSError as e:
             self.path.unlink(missing_ok=True)
+            if kind is None:
+                raise cache_error(self.directory, e) from None
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def cache_error(directory: Path, e: OSError) -> CharrnnError:
+    return CharrnnError(f"cannot write the corpus cache in {directory}: {e.strerror}; choose another --out "
+                        "(the cache takes 1 to 4 bytes per character)")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -298,3 +298,11 @@ def test_memory_stays_flat_from_a_small_to_a_large_corpus(tmp_path):
     print(f"peak RSS: 3 MB corpus {small:.0f} MB, 300 MB corpus {large:.0f} MB "
           f"({time.monotonic() - start:.0f} s for the large run)")
     assert large - small < 100
+
+
+def test_an_unwritable_cache_is_one_line(tmp_path, corpus):
+    (tmp_path / "taken").write_text("a file where --out wants a directory")
+    result = cli("train", corpus, *TINY, "--out", tmp_path / "taken")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: cannot write the corpus cache in {tmp_path / 'taken' / '.cache'}: ")
+    assert "choose another --out" in result.stderr and len(result.stderr.strip().splitlines()) == 1
