@@ -26,8 +26,9 @@ class Streams:
         if self.stream_len < (seq_len if full_windows else 1):
             raise ValueError(f"{len(ids)} characters is too few for {batch_size} streams of {seq_len}")
         n = batch_size * self.stream_len
-        self.x = torch.from_numpy(np.asarray(ids[:n], dtype=np.int64)).view(batch_size, -1)  # (B, L)
-        self.y = torch.from_numpy(np.asarray(ids[1 : n + 1], dtype=np.int64)).view(batch_size, -1)  # (B, L)
+        # Views, not copies: ids may be a memory-mapped cache far larger than RAM; windows are copied as used.
+        self.x = ids[:n].reshape(batch_size, -1)  # (B, L)
+        self.y = ids[1 : n + 1].reshape(batch_size, -1)  # (B, L)
         self.full_windows = full_windows
 
     def __len__(self) -> int:
@@ -38,8 +39,13 @@ class Streams:
     def window(self, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (B, T) int64: inputs and next-character targets."""
         t = w * self.seq_len
-        return self.x[:, t : t + self.seq_len], self.y[:, t : t + self.seq_len]
+        return window(self.x, t, self.seq_len), window(self.y, t, self.seq_len)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for w in range(len(self)):
             yield self.window(w)
+
+
+def window(streams: np.ndarray, start: int, length: int) -> torch.Tensor:
+    """Columns start .. start+length of (B, L) ids as a (B, T) int64 tensor (a small copy)."""
+    return torch.from_numpy(np.ascontiguousarray(streams[:, start : start + length], dtype=np.int64))

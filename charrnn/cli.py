@@ -74,7 +74,11 @@ Checkpoint = Annotated[Path | None, typer.Argument(
 @app.command()
 @reports_errors
 def train(
-    file: Annotated[str, typer.Argument(help="UTF-8 text file to learn from, or - for stdin.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="UTF-8 text files, directories (searched recursively; hidden and binary files skipped) or - for stdin, "
+        "joined in the order given.", show_default=False)],
+    glob: opt(str, "Only files matching this pattern in directories, e.g. '*.c'.") = None,
+    min_char_count: opt(int, "Characters seen fewer times map to U+FFFD. Default: 0 (off).") = None,
     cell: opt(str, f"lstm, gru or rnn. Default: {M.cell}.") = None,
     hidden_size: opt(int, f"Units per layer. Default: {M.hidden_size}.") = None,
     num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
@@ -94,7 +98,7 @@ def train(
     val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
     seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
     device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
-    run: opt(str, "Run name. Default: the file's stem, or stdin for -.") = None,
+    run: opt(str, "Run name. Default: the file's stem, stdin for -, or the directory's name.") = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
     config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
     decay_steps: opt(int, "Cosine decay horizon in steps. Default: the step budget.") = None,
@@ -103,13 +107,17 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run; with --resume, accept a "
                                         "changed corpus.")] = False,
 ) -> None:
-    """Train a model on FILE; checkpoints land in OUT/RUN/."""
+    """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
     flags = {k: v for k, v in locals().items() if k in settings.MODEL_KEYS | settings.TRAIN_KEYS and v is not None}
     given = {**(settings.from_toml(config) if config else {}), **flags}
-    name = run or ("stdin" if file == "-" else Path(file).stem)
+    from charrnn.sources import run_name
+
+    name = run or run_name(inputs)
+    if not run and len(inputs) > 1:
+        info(f"run name {name!r}, from the first of {len(inputs)} inputs (--run NAME to choose another)")
     from charrnn.commands import train_run
 
-    train_run(file, out / name, given, force, resume)
+    train_run(inputs, glob, out / name, given, force, resume)
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
@@ -245,9 +253,11 @@ def corpus_list() -> None:
 def corpus_get(
     name: Annotated[str, typer.Argument(help="Corpus name (see charrnn corpus list).")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it.")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from here instead (a mirror); checksum still checked.")]
+    = None,
 ) -> None:
     """Write a corpus to corpora/NAME.txt (or -o PATH)."""
     from charrnn.corpora import get
 
-    path, chars = get(name, output)
+    path, chars = get(name, output, url)
     info(f"wrote {path} ({chars:,} characters)")

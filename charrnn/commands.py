@@ -6,12 +6,12 @@ import contextlib
 import dataclasses
 import json
 import math
+import shlex
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from charrnn import checkpoint, config, corpus, run
+from charrnn import checkpoint, config, corpus, run, sources
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
 from charrnn.checkpoint import LAST
@@ -22,6 +22,8 @@ from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate, generate_batch, in_order
 from charrnn.score import read_lines, score_lines, score_text
 from charrnn.train import NonFiniteError, Trainer
+
+CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
 
 
 def check_size(n: int, cfg: TrainConfig) -> None:
@@ -37,23 +39,27 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                        f"--val-frac {cfg.val_frac} need at least {need:,}; give more text or lower those")
 
 
-def train_run(source: str, directory: Path, given: dict, force: bool, resume: bool) -> None:
+def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict, force: bool, resume: bool) -> None:
     """Train a new run in directory, or (resume) continue the one there exactly where it stopped."""
-    text = corpus.load(source)
     if resume:
         tensors, meta = run.read_last(directory)
         model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given)
+    else:
+        model_cfg, cfg = config.build(given)
+        cfg = cfg.budgeted()
+    run.claim(directory, force, resume)
+    cache = directory.parent / CACHE_DIR
+    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
+    if resume:
         if meta["corpus"]["fingerprint"] != text.fingerprint and not force:
             raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
                                "different content); pass the same corpus, or --force to continue on this one")
         if text.vocab.chars != meta["vocab"]:
             raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
-    else:
-        model_cfg, cfg = config.build(given)
-        cfg = cfg.budgeted()
     check_size(len(text.ids), cfg)
     train_ids, val_ids = text.split(cfg.val_frac)
-    run.prepare(directory, force, resume)
+    if not resume:
+        run.clear(directory)
     device = devices.pick(cfg.device)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
@@ -86,8 +92,8 @@ def train_run(source: str, directory: Path, given: dict, force: bool, resume: bo
             raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
     if received:
         sig = received[0]
-        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
-             f"Resume with: charrnn train {source} --out {directory.parent} --run {directory.name} --resume")
+        again = f"charrnn train {shlex.join(inputs)} --out {directory.parent} --run {directory.name} --resume"
+        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. Resume with: {again}")
         raise Interrupted(128 + sig)
     info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
          f"{p.elapsed_s:.0f} s; files in {directory}/")
@@ -126,9 +132,9 @@ def load_chosen(target: Path | None, device_name: str, verb: str):
 def read_prime(prime: str, prime_file: Path | None) -> str:
     """The prime text: --prime TEXT, --prime - (stdin) or --prime-file PATH, read as UTF-8."""
     if prime_file is not None:
-        return corpus.decode(str(prime_file), corpus.read_bytes(str(prime_file))[1])
+        return corpus.read_text(str(prime_file))[1]
     if prime == "-":
-        return corpus.decode("stdin", sys.stdin.buffer.read())
+        return corpus.read_text("-")[1]
     return prime
 
 
@@ -150,8 +156,7 @@ def warn_unknown(unknown: list[str], count: int) -> None:
 def score_report(source: str, target: Path | None, device_name: str, as_json: bool) -> str:
     """The score of a whole text, as aligned `name value` lines or as JSON."""
     model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
-    name, data = corpus.read_bytes(source)
-    text = corpus.decode(name, data)
+    _, text = corpus.read_text(source)
     train_cfg = {**dataclasses.asdict(TrainConfig()), **meta.get("train", {})}
     result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device)
     warn_unknown(result.oov_chars, result.oov)

@@ -50,6 +50,7 @@ class TrainConfig:
     save_every: int | None = None  # extra last.safetensors saves every N steps (besides every evaluation)
     max_nonfinite: int = 5  # consecutive non-finite losses/gradients (steps skipped) before giving up
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
+    min_char_count: int = 0  # characters seen fewer times than this map to U+FFFD; 0 = off
     seed: int = 1337  # seeds torch so runs repeat
     device: str = "auto"  # auto: cuda, then mps, then cpu
 
@@ -57,6 +58,8 @@ class TrainConfig:
         for name in ("batch_size", "seq_len", "eval_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.min_char_count < 0:
+            raise UsageError("--min-char-count must not be negative")
         if not 0 < self.val_frac < 1:
             raise UsageError("--val-frac must be between 0 and 1 (exclusive)")
         if not 0 < self.lr <= 1e30 or self.grad_clip < 0 or self.warmup_steps < 0:

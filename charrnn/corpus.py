@@ -1,27 +1,45 @@
-"""Read a corpus (file or '-' for stdin), validate it as UTF-8 text, encode it, split it."""
+"""Read a corpus (files, directories, '-'), validate it as UTF-8 text, encode it to a cached id array, split it.
+
+Preparation streams, so memory stays flat whatever the corpus size: pass 1 finds the vocabulary (counting each
+character only when --min-char-count needs it) and hashes the bytes; pass 2 encodes characters to ids and appends
+them to the id cache. Both read CHUNK bytes at a time through an incremental UTF-8 decoder and work on whole
+chunks with numpy; nothing loops over characters in Python.
+
+Joining several files: each file's leading byte-order mark is dropped, and a newline is put between two files
+when the first does not end with one, so lines of different files never run together. One file is kept as it is.
+"""
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from charrnn import idcache
+from charrnn.console import info
 from charrnn.errors import CharrnnError
+from charrnn.sources import BINARY_SNIFF, Inputs, Source
 from charrnn.vocab import Vocab
 
-BINARY_SNIFF = 8000  # a NUL byte in this many leading bytes marks a binary file
-BOM = "\ufeff"
+CHUNK = 256 << 10  # bytes read at a time; measured fastest (bench/corpus.py): a chunk's arrays stay in CPU cache
+CODE_SPACE = 0x110000  # Unicode code points 0 .. U+10FFFF
+REPLACEMENT = "\ufffd"  # what --min-char-count maps rare characters to
+BOM = 0xFEFF
+NEWLINE = ord("\n")  # put between files that do not end with one
 
 
 @dataclass
 class Corpus:
-    name: str  # file name, or "stdin"
+    name: str  # file name, "stdin", "DIR/", or "FIRST + N more"
     vocab: Vocab
-    ids: np.ndarray  # (N,) character ids, N = number of characters
-    fingerprint: str  # "sha256:<hex>" of the raw bytes
+    ids: np.ndarray  # (N,) character ids, N = number of characters; memory-mapped from the id cache
+    fingerprint: str  # "sha256:<hex>" of the raw bytes (several inputs: of their digests, in order)
 
     def split(self, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous (train, val): the last val_frac of the text is validation."""
@@ -29,37 +47,220 @@ class Corpus:
         return self.ids[: len(self.ids) - n_val], self.ids[len(self.ids) - n_val :]
 
 
-def read_bytes(source: str) -> tuple[str, bytes]:
-    if source == "-":
-        return "stdin", sys.stdin.buffer.read()
-    path = Path(source)
-    if path.is_dir():
-        raise CharrnnError(f"{source} is a directory; give a text file (or '-' for stdin)")
-    try:
-        return path.name, path.read_bytes()
-    except FileNotFoundError:
-        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
-    except OSError as e:
-        raise CharrnnError(f"cannot read {source}: {e.strerror}") from None
-
-
 def decode(name: str, data: bytes) -> str:
-    """UTF-8 bytes -> text; binary files and invalid UTF-8 are errors naming where."""
+    """UTF-8 bytes held in memory -> text; binary data and invalid UTF-8 are errors naming where."""
     if b"\x00" in data[:BINARY_SNIFF]:
         raise CharrnnError(f"{name} looks like a binary file (NUL byte at offset {data.index(0)}); "
                            "give a UTF-8 text file")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise CharrnnError(f"{name} is not valid UTF-8: byte 0x{data[e.start]:02x} at offset {e.start}; "
-                           "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    return text[1:] if text.startswith(BOM) else text
+        raise not_utf8(name, data[e.start], e.start) from None
+    return text[1:] if text.startswith("\ufeff") else text
 
 
-def load(source: str) -> Corpus:
-    name, data = read_bytes(source)
-    text = decode(name, data)
-    if not text:
+def read_text(source: str) -> tuple[str, str]:
+    """(name, text) of one whole file, or of stdin for '-': for primes and scoring, not corpora."""
+    if source == "-":
+        return "stdin", decode("stdin", sys.stdin.buffer.read())
+    try:
+        return source, decode(source, Path(source).read_bytes())
+    except FileNotFoundError:
+        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
+    except OSError as e:
+        raise CharrnnError(f"cannot read {source}: {e.strerror}") from None
+
+
+def not_utf8(name: str, byte: int, offset: int) -> CharrnnError:
+    return CharrnnError(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}; "
+                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+Chunk = bytes | np.ndarray  # a pure-ASCII chunk as its bytes (bytes are code points), else (n,) uint32 code points
+
+
+def file_chunks(source: Source, chunk_size: int, on_bytes: Callable[[bytes], None] | None = None
+                ) -> Iterator[Chunk]:
+    """One file's characters, chunk by chunk; a leading BOM dropped.
+
+    A character split across two reads waits in the decoder for its remaining bytes. Pure-ASCII reads skip
+    decoding altogether (the common case for source code), and are passed on as bytes for bytes.translate.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, started = 0, False  # bytes read so far; whether the first character (a possible BOM) was seen
+    with open(source.path, "rb") as f:
+        while True:
+            data = f.read(chunk_size)
+            if on_bytes is not None and data:
+                on_bytes(data)
+            pending = decoder.getstate()[0]  # bytes of an unfinished character from the previous read
+            chunk: Chunk = data
+            if pending or not data.isascii():
+                try:
+                    text = decoder.decode(data, final=not data)
+                except UnicodeDecodeError as e:
+                    raise not_utf8(source.label, e.object[e.start], offset - len(pending) + e.start) from None
+                chunk = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            offset += len(data)
+            if len(chunk) and not started:
+                started, chunk = True, chunk[1:] if chunk[0] == BOM else chunk
+            if len(chunk):
+                yield chunk
+            if not data:
+                return
+
+
+def joined_chunks(sources: list[Source], chunk_size: int, digests: list | None = None) -> Iterator[Chunk]:
+    """The characters of every input in order, with a newline between files that lack a final one."""
+    last = None  # the last code point yielded
+    for source in sources:
+        digest = hashlib.sha256()
+        first = True
+        for chunk in file_chunks(source, chunk_size, digest.update if digests is not None else None):
+            if first and last is not None and last != NEWLINE:
+                yield bytes([NEWLINE])
+            first, last = False, int(chunk[-1])
+            yield chunk
+        if digests is not None:
+            digests.append(digest.hexdigest())
+
+
+def combine(digests: list[str]) -> str:
+    """The corpus fingerprint: one input's SHA-256; several inputs: the SHA-256 of their digests in order."""
+    if len(digests) == 1:
+        return "sha256:" + digests[0]
+    return "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def fingerprint(sources: list[Source], chunk_size: int = CHUNK) -> str:
+    """Hash the inputs' bytes without decoding them (checking a cache entry)."""
+    digests = []
+    for source in sources:
+        digest = hashlib.sha256()
+        with open(source.path, "rb") as f:
+            while data := f.read(chunk_size):
+                digest.update(data)
+        digests.append(digest.hexdigest())
+    return combine(digests)
+
+
+class Tally:
+    """Pass 1: which characters occur, and how often when --min-char-count needs exact counts.
+
+    Without exact counts a chunk costs one lookup per character (known?) and new characters are rare after the
+    first chunks; ASCII chunks go through bytes.translate, which deletes the known bytes at C speed.
+    """
+
+    def __init__(self, exact: bool):
+        self.exact = exact
+        self.counts = np.zeros(CODE_SPACE, dtype=np.int64)  # (CODE_SPACE,) occurrences, when exact
+        self.known = np.zeros(CODE_SPACE, dtype=bool)  # (CODE_SPACE,) seen, when not exact
+        self.ascii = b""  # the ASCII bytes in known, for bytes.translate
+        self.n = 0  # characters
+
+    def add(self, chunk: Chunk) -> None:
+        self.n += len(chunk)
+        if self.exact:
+            found = np.bincount(np.frombuffer(chunk, dtype=np.uint8) if isinstance(chunk, bytes) else chunk)
+            self.counts[: len(found)] += found  # found: (max code + 1,)
+        elif isinstance(chunk, bytes):
+            if new := chunk.translate(None, self.ascii):  # usually empty
+                self.see(np.frombuffer(new, dtype=np.uint8))
+        elif not self.known[chunk].all():
+            self.see(chunk[~self.known[chunk]])
+
+    def see(self, codes: np.ndarray) -> None:
+        self.known[codes] = True
+        self.ascii = bytes(np.flatnonzero(self.known[:128]).astype(np.uint8))
+
+    def result(self) -> np.ndarray:
+        """(CODE_SPACE,) occurrences (exact), or 1 for every character seen."""
+        return self.counts if self.exact else self.known.astype(np.int64)
+
+
+def count_chars(sources: list[Source], chunk_size: int, exact: bool = True) -> tuple[np.ndarray, int, str]:
+    """Pass 1: (CODE_SPACE,) occurrences (exact, or 1 for each character seen), characters, fingerprint."""
+    tally = Tally(exact)
+    digests: list[str] = []
+    for chunk in joined_chunks(sources, chunk_size, digests):
+        tally.add(chunk)
+    return tally.result(), tally.n, combine(digests)
+
+
+def make_vocab(counts: np.ndarray, min_count: int) -> tuple[Vocab, np.ndarray, int]:
+    """The vocab, a (CODE_SPACE,) code point -> id lookup table, and how many rare characters were replaced."""
+    seen = np.flatnonzero(counts)
+    rare = seen[counts[seen] < min_count] if min_count > 1 else seen[:0]
+    keep = set(seen.tolist()) - set(rare.tolist())
+    if len(rare):
+        keep.add(ord(REPLACEMENT))
+    vocab = Vocab([chr(c) for c in keep])
+    lut = np.zeros(CODE_SPACE, dtype=vocab.id_dtype)
+    lut[[ord(c) for c in vocab.chars]] = np.arange(len(vocab))
+    lut[rare] = vocab.index.get(REPLACEMENT, 0)
+    return vocab, lut, len(rare)
+
+
+def encode_to(sources: list[Source], lut: np.ndarray, writer: idcache.IdsWriter, chunk_size: int) -> int:
+    """Pass 2: write every character's id (a table lookup per chunk); returns the number of characters."""
+    table = lut[:256].tobytes() if lut.dtype == np.uint8 else None  # byte -> id, for bytes.translate
+    n = 0
+    for chunk in joined_chunks(sources, chunk_size):
+        if isinstance(chunk, bytes) and table is not None:
+            writer.write_bytes(chunk.translate(table))  # ASCII chunk, uint8 ids: C speed
+        elif isinstance(chunk, bytes):
+            writer.write(lut[np.frombuffer(chunk, dtype=np.uint8)])
+        else:
+            writer.write(lut[chunk])
+        n += len(chunk)
+    return n
+
+
+def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: int, chunk_size: int) -> dict:
+    """Both passes into the cache entry; returns its metadata."""
+    stats = idcache.stat_key(sources)
+    counts, n, fp = count_chars(sources, chunk_size, exact=min_count > 1)
+    if n == 0:
         raise CharrnnError(f"{name} is empty; give a text file with some characters in it")
-    vocab = Vocab.from_text(text)
-    return Corpus(name, vocab, vocab.encode(text), "sha256:" + hashlib.sha256(data).hexdigest())
+    vocab, lut, n_rare = make_vocab(counts, min_count)
+    with entry.writer() as writer:
+        written = encode_to(sources, lut, writer, chunk_size)
+    if written != n or idcache.stat_key(sources) != stats:
+        writer.path.unlink(missing_ok=True)
+        raise CharrnnError(f"{name} changed while it was being read; run again once it is finished")
+    if n_rare:
+        replaced = int(counts[(counts > 0) & (counts < min_count)].sum())
+        info(f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} ({plural(replaced, 'occurrence')})"
+             f" map to {REPLACEMENT} (U+FFFD)")
+    meta = {"inputs": stats, "min_char_count": min_count, "fingerprint": fp, "n": n,
+            "dtype": np.dtype(vocab.id_dtype).name, "vocab": vocab.chars}
+    entry.store(meta, writer.path)
+    return meta
+
+
+def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = CHUNK) -> Corpus:
+    """Encode the inputs (or reuse their cached ids) and map the ids into memory."""
+    if inputs.skipped_binary:
+        info(f"skipped {plural(inputs.skipped_binary, 'binary file')}")
+    entry = idcache.Entry(cache_dir, inputs.sources, min_count)
+    try:
+        meta = entry.candidate(idcache.stat_key(inputs.sources))
+        if meta is not None and meta["fingerprint"] == fingerprint(inputs.sources, chunk_size):
+            info(f"corpus cache reused: {entry.ids_path} ({meta['n']:,} characters)")
+        else:
+            why = "inputs changed" if entry.meta_path.exists() else "no cache yet"
+            start = time.monotonic()
+            meta = prepare(entry, inputs.sources, inputs.name, min_count, chunk_size)
+            size, seconds = sum(row[1] for row in meta["inputs"]) / 1e6, time.monotonic() - start
+            rate = f", {size / seconds:,.0f} MB/s" if seconds >= 0.1 else ""
+            info(f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
+                 f"{size:,.1f} MB in {seconds:.1f} s{rate})")
+    except OSError as e:
+        raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
+    finally:
+        inputs.close()
+    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"])
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"

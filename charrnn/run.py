@@ -23,8 +23,8 @@ from charrnn.vocab import Vocab
 METRICS = "metrics.jsonl"
 
 
-def prepare(directory: Path, force: bool, resume: bool = False) -> None:
-    """Create the run directory, refusing to overwrite a run unless forced; check it is writable."""
+def claim(directory: Path, force: bool, resume: bool) -> None:
+    """Before any work: refuse to overwrite a run unless forced; create the directory; check it is writable."""
     if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
         raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
                            "continue it with --resume, or pass --force to overwrite it")
@@ -35,9 +35,12 @@ def prepare(directory: Path, force: bool, resume: bool = False) -> None:
     except OSError as e:
         raise CharrnnError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     checkpoint.clean_temp(directory)
-    if not resume:
-        for name in (BEST, LAST, METRICS):
-            (directory / name).unlink(missing_ok=True)
+
+
+def clear(directory: Path) -> None:
+    """Remove a forced-over run's files, once the new run is ready to start."""
+    for name in (BEST, LAST, METRICS):
+        (directory / name).unlink(missing_ok=True)
 
 
 class Recorder:

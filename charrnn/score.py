@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.batches import Streams
-from charrnn.corpus import BINARY_SNIFF, BOM
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN
+from charrnn.sources import BINARY_SNIFF
 from charrnn.train import evaluate
 from charrnn.vocab import Vocab
 
@@ -118,4 +118,4 @@ def read_lines(source: str) -> Iterator[str]:
                 raise CharrnnError(f"{name} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset "
                                    f"{offset + e.start} (line {number}); re-encode it as UTF-8") from None
             offset += len(raw)
-            yield line[1:] if number == 1 and line.startswith(BOM) else line
+            yield line[1:] if number == 1 and line.startswith("\ufeff") else line

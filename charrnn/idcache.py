@@ -1,0 +1,119 @@
+"""The id cache: a corpus's character ids on disk, memory-mapped for training, reused while its inputs hold still.
+
+An entry is two files in the cache directory, named by a hash of the input paths and --min-char-count:
+KEY.ids (raw ids, uint8/uint16/uint32) and KEY.json (the vocab, the id count and dtype, and what the ids were
+made from: every input's size and modification time and the content fingerprint). One input list has one entry,
+so editing a corpus replaces its entry instead of piling up stale ones. An entry is reused only when the sizes
+and modification times match and the content, hashed again, still gives the same fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import CharrnnError
+from charrnn.sources import Source
+
+FORMAT = 1  # bumped when the entry layout or the encoding rules change, so old entries are rebuilt
+
+
+def stat_key(sources: list[Source]) -> list[list]:
+    """[[key, size, mtime_ns]] per input; stdin's spool is new every run, so only its size counts."""
+    rows = []
+    for s in sources:
+        st = s.path.stat()
+        rows.append([s.key, st.st_size, None if s.key == "stdin" else st.st_mtime_ns])
+    return rows
+
+
+class Entry:
+    def __init__(self, directory: Path, sources: list[Source], min_count: int):
+        self.directory, self.min_count = directory, min_count
+        key = json.dumps([FORMAT, [s.key for s in sources], min_count])
+        stem = hashlib.sha256(key.encode()).hexdigest()[:20]
+        self.ids_path, self.meta_path = directory / f"{stem}.ids", directory / f"{stem}.json"
+
+    def candidate(self, stats: list[list]) -> dict | None:
+        """The stored metadata if the entry exists, is whole, and was made from inputs of these sizes and times."""
+        try:
+            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+            whole = self.ids_path.stat().st_size == meta["n"] * np.dtype(meta["dtype"]).itemsize
+            same = meta["format"] == FORMAT and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return meta if whole and same else None
+
+    def open_ids(self, meta: dict) -> np.ndarray:
+        """(N,) ids, memory-mapped read-only: pages come from the file as training touches them."""
+        return np.memmap(self.ids_path, dtype=meta["dtype"], mode="r", shape=(meta["n"],))
+
+    def writer(self) -> IdsWriter:
+        """A temporary ids file for a rebuild (the entry's metadata is removed first: it no longer holds)."""
+        return IdsWriter(self)
+
+    def store(self, meta: dict, tmp_ids: Path) -> None:
+        """Publish a finished ids file and then its metadata (a reader checks one against the other)."""
+        try:
+            os.replace(tmp_ids, self.ids_path)
+            atomic_write_text(self.meta_path, json.dumps({"format": FORMAT, **meta}, ensure_ascii=True))
+        except OSError as e:
+            raise cache_error(self.directory, e) from None
+
+
+class IdsWriter:
+    """A temporary ids file in the cache directory, removed unless it is published with Entry.store."""
+
+    def __init__(self, entry: Entry):
+        try:
+            entry.directory.mkdir(parents=True, exist_ok=True)
+            entry.meta_path.unlink(missing_ok=True)  # the old entry is no longer valid once rebuilding starts
+            fd, name = tempfile.mkstemp(prefix=entry.ids_path.stem + "-", suffix=".part", dir=entry.directory)
+        except OSError as e:
+            raise cache_error(entry.directory, e) from None
+        self.directory, self.path = entry.directory, Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, ids: np.ndarray) -> None:
+        self.write_bytes(ids.tobytes())
+
+    def write_bytes(self, ids: bytes) -> None:
+        """Ids already packed (uint8 ids as bytes)."""
+        try:
+            self.file.write(ids)
+        except OSError as e:  # a full disk, most likely
+            raise cache_error(self.directory, e) from None
+
+    def __enter__(self) -> IdsWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            self.file.close()  # flushes: may find the disk full too
+        except OSError as e:
+            self.path.unlink(missing_ok=True)
+            if kind is None:
+                raise cache_error(self.directory, e) from None
+        if kind is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def cache_error(directory: Path, e: OSError) -> CharrnnError:
+    return CharrnnError(f"cannot write the corpus cache in {directory}: {e.strerror}; choose another --out "
+                        "(the cache takes 1 to 4 bytes per character)")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, name = tempfile.mkstemp(prefix=path.stem + "-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
