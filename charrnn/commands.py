@@ -31,10 +31,16 @@ def check_size(n: int, cfg: TrainConfig) -> None:
     n_val = int(n * cfg.val_frac)
     if n - n_val >= min_chars(cfg.batch_size, cfg.seq_len) and n_val >= min_chars(1, cfg.seq_len):
         return
-    need = n
-    while not (need - int(need * cfg.val_frac) >= min_chars(cfg.batch_size, cfg.seq_len)
-               and int(need * cfg.val_frac) >= min_chars(1, cfg.seq_len)):
-        need = max(need + 1, int(need * 1.01))
+    def enough(m: int) -> bool:  # the same split as Corpus.split; monotone in m
+        val = int(m * cfg.val_frac)
+        return m - val >= min_chars(cfg.batch_size, cfg.seq_len) and val >= min_chars(1, cfg.seq_len)
+
+    low, high = n, 2 * n + 2
+    while not enough(high):
+        high *= 2
+    while high - low > 1:  # the smallest m with enough(m) lies in (low, high]
+        low, high = (low, (low + high) // 2) if enough((low + high) // 2) else ((low + high) // 2, high)
+    need = high
     raise CharrnnError(f"the corpus has {n:,} characters; --batch-size {cfg.batch_size} --seq-len {cfg.seq_len} "
                        f"--val-frac {cfg.val_frac} need at least {need:,}; give more text or lower those")
 
@@ -47,6 +53,7 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
     else:
         model_cfg, cfg = config.build(given)
         cfg = cfg.budgeted()
+    device = devices.pick(cfg.device)
     run.claim(directory, force, resume)
     cache = directory.parent / CACHE_DIR
     text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
@@ -57,10 +64,10 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
         if text.vocab.chars != meta["vocab"]:
             raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
     check_size(len(text.ids), cfg)
+    info(text.note)
     train_ids, val_ids = text.split(cfg.val_frac)
     if not resume:
         run.clear(directory)
-    device = devices.pick(cfg.device)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
     model = CharRNN(model_cfg).to(device)

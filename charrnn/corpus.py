@@ -40,6 +40,7 @@ class Corpus:
     vocab: Vocab
     ids: np.ndarray  # (N,) character ids, N = number of characters; memory-mapped from the id cache
     fingerprint: str  # "sha256:<hex>" of the raw bytes (several inputs: of their digests, in order)
+    note: str = ""  # whether the id cache was reused or rebuilt, for the caller to report
 
     def split(self, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous (train, val): the last val_frac of the text is validation."""
@@ -246,20 +247,20 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = 
     try:
         meta = entry.candidate(idcache.stat_key(inputs.sources))
         if meta is not None and meta["fingerprint"] == fingerprint(inputs.sources, chunk_size):
-            info(f"corpus cache reused: {entry.ids_path} ({meta['n']:,} characters)")
+            note = f"corpus cache reused: {entry.ids_path} ({meta['n']:,} characters)"
         else:
             why = "inputs changed" if entry.meta_path.exists() else "no cache yet"
             start = time.monotonic()
             meta = prepare(entry, inputs.sources, inputs.name, min_count, chunk_size)
             size, seconds = sum(row[1] for row in meta["inputs"]) / 1e6, time.monotonic() - start
             rate = f", {size / seconds:,.0f} MB/s" if seconds >= 0.1 else ""
-            info(f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
-                 f"{size:,.1f} MB in {seconds:.1f} s{rate})")
+            note = (f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
+                    f"{size:,.1f} MB in {seconds:.1f} s{rate})")
     except OSError as e:
         raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
     finally:
         inputs.close()
-    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"])
+    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], note)
 
 
 def plural(n: int, noun: str) -> str:
