@@ -44,7 +44,7 @@ def demo() -> None:
     install()
     charrnn = BIN / "charrnn"
     sh(charrnn, "corpus", "get", "python")
-    sh(charrnn, "train", "corpora/python.txt", "--run", "python", "--minutes", "2", "--force")
+    sh(charrnn, "train", "corpora/python.txt", "--run", "python", "--minutes", "2", "--val-frac", "0.02", "--force")
     sh(charrnn, "sample", "checkpoints/python", "-n", "600", "--temp", "0.8", "--prime", "def ")
 
 
