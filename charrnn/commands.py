@@ -15,7 +15,7 @@ from charrnn import checkpoint, config, corpus, run, sources
 from charrnn import device as devices
 from charrnn.batches import Streams, min_chars
 from charrnn.checkpoint import LAST
-from charrnn.config import SampleConfig, TrainConfig
+from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
 from charrnn.errors import CharrnnError, Interrupted
 from charrnn.model import CharRNN, num_params
@@ -47,49 +47,23 @@ def check_size(n: int, cfg: TrainConfig) -> None:
 
 def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict, force: bool, resume: bool) -> None:
     """Train a new run in directory, or (resume) continue the one there exactly where it stopped."""
-    if resume:
-        tensors, meta = run.read_last(directory)
-        model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given)
-    else:
-        model_cfg, cfg = config.build(given)
-        cfg = cfg.budgeted()
+    tensors, meta = run.read_last(directory) if resume else ({}, None)
+    model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
     device = devices.pick(cfg.device)
     run.claim(directory, force, resume)
-    cache = directory.parent / CACHE_DIR
-    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
-    if resume:
-        if meta["corpus"]["fingerprint"] != text.fingerprint and not force:
-            raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
-                               "different content); pass the same corpus, or --force to continue on this one")
-        if text.vocab.chars != meta["vocab"]:
-            raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
-    check_size(len(text.ids), cfg)
-    info(text.note)
-    train_ids, val_ids = text.split(cfg.val_frac)
+    text = load_corpus(inputs, glob, directory.parent / CACHE_DIR, cfg, meta, force)
     if not resume:
         run.clear(directory)
-    devices.seed_all(cfg.seed)
-    model_cfg.vocab_size = len(text.vocab)
-    model = CharRNN(model_cfg).to(device)
-    val = Streams(val_ids, min(cfg.batch_size, (len(val_ids) - 1) // cfg.seq_len), cfg.seq_len, full_windows=False)
-    trainer = Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
-    if resume:
+    trainer = build_trainer(text, model_cfg, cfg, device)
+    if meta:
         run.restore(trainer, tensors, meta)
         info(f"resuming {directory} at step {trainer.progress.step}")
     info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
-         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(model):,} parameters on {device}")
-
-    def preview() -> str:
-        text_out = "".join(generate(model, text.vocab, "", 200, 0.8, cfg.seed, device))
-        model.train()
-        return text_out
-
-    def fraction_done() -> float:
-        return max(trainer.progress.step / trainer.total_steps, trainer.time_frac())
-
+         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on {device}")
     recorder = run.Recorder(directory, trainer, text)
     trainer.subscribe(recorder)
-    trainer.subscribe(TrainReport(fraction_done, preview))
+    trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
+                                  lambda: preview(trainer, text.vocab)))
     with stop_on_signals(trainer) as received:
         try:
             p = trainer.run()
@@ -98,12 +72,43 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
         except KeyboardInterrupt:
             raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
     if received:
-        sig = received[0]
         again = f"charrnn train {shlex.join(inputs)} --out {directory.parent} --run {directory.name} --resume"
-        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. Resume with: {again}")
-        raise Interrupted(128 + sig)
+        info(f"stopped by {signal.Signals(received[0]).name} at step {p.step}; saved {directory / LAST}. "
+             f"Resume with: {again}")
+        raise Interrupted(128 + received[0])
     info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
          f"{p.elapsed_s:.0f} s; files in {directory}/")
+
+
+def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
+                force: bool) -> corpus.Corpus:
+    """The prepared corpus, checked against the run being resumed (meta) and against the window sizes."""
+    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
+    if meta and meta["corpus"]["fingerprint"] != text.fingerprint and not force:
+        raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
+                           "different content); pass the same corpus, or --force to continue on this one")
+    if meta and text.vocab.chars != meta["vocab"]:
+        raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
+    check_size(len(text.ids), cfg)
+    info(text.note)
+    return text
+
+
+def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device) -> Trainer:
+    """A fresh, seeded model and trainer over the corpus's train and validation splits."""
+    train_ids, val_ids = text.split(cfg.val_frac)
+    devices.seed_all(cfg.seed)
+    model_cfg.vocab_size = len(text.vocab)
+    model = CharRNN(model_cfg).to(device)
+    val = Streams(val_ids, min(cfg.batch_size, (len(val_ids) - 1) // cfg.seq_len), cfg.seq_len, full_windows=False)
+    return Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
+
+
+def preview(trainer: Trainer, vocab) -> str:
+    """200 characters at temperature 0.8 from the model as it is (its own generator: training RNG untouched)."""
+    text = "".join(generate(trainer.model, vocab, "", 200, 0.8, trainer.cfg.seed, trainer.device))
+    trainer.model.train()
+    return text
 
 
 @contextlib.contextmanager

@@ -108,12 +108,12 @@ RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log
 
 
 def build(given: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Split a flat {name: value} dict of given settings into validated configs."""
+    """Split a flat {name: value} dict of given settings into validated configs (with a budget)."""
     model = ModelConfig(**{k: v for k, v in given.items() if k in MODEL_KEYS})
     train = TrainConfig(**{k: v for k, v in given.items() if k in TRAIN_KEYS})
     model.validate()
     train.validate()
-    return model, train
+    return model, train.budgeted()
 
 
 def for_resume(model: dict, train: dict, given: dict) -> tuple[ModelConfig, TrainConfig]:
