@@ -21,8 +21,34 @@ from charrnn import config as settings
 from charrnn.console import error, info
 from charrnn.errors import CharrnnError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Train character-level RNN/GRU/LSTM language models and sample text from them.")
+
+class OneLineErrors(typer.Typer):
+    """The console entry point: flag and argument errors from the parser become one `error:` line, exit 2."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except parse_errors() as e:
+            where = e.ctx.command_path if getattr(e, "ctx", None) else "charrnn"
+            if e.format_message():  # empty when the help was shown for a bare command
+                error(f"{e.format_message().rstrip('.')}; see {where} --help")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def parse_errors() -> tuple[type[Exception], ...]:
+    """The parser's error types: Typer's own, and click's where Typer still runs on click."""
+    try:
+        from click import ClickException
+    except ImportError:
+        return (typer.exceptions.TyperException,)
+    return (typer.exceptions.TyperException, ClickException)
+
+
+app = OneLineErrors(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                    help="Train character-level RNN/GRU/LSTM language models and sample text from them.")
 corpus_app = typer.Typer(no_args_is_help=True, help="List and fetch ready-made corpora.")
 app.add_typer(corpus_app, name="corpus")
 

@@ -17,7 +17,7 @@ from charrnn.batches import Streams, min_chars
 from charrnn.checkpoint import LAST
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
-from charrnn.errors import CharrnnError, Interrupted
+from charrnn.errors import CharrnnError, Interrupted, UsageError
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate, generate_batch, in_order
 from charrnn.score import read_lines, score_lines, score_text
@@ -57,6 +57,11 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
     trainer = build_trainer(text, model_cfg, cfg, device)
     if meta:
         run.restore(trainer, tensors, meta)
+        if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
+            trainer.progress.window = 0
+        if trainer.finished():
+            raise UsageError(f"{directory} already reached its budget at step {trainer.progress.step}; give a larger "
+                             "--max-steps, --epochs or --minutes to train it further")
         info(f"resuming {directory} at step {trainer.progress.step}")
     info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on {device}")
@@ -72,7 +77,8 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
         except KeyboardInterrupt:
             raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
     if received:
-        again = f"charrnn train {shlex.join(inputs)} --out {directory.parent} --run {directory.name} --resume"
+        again = shlex.join(["charrnn", "train", *inputs, "--out", str(directory.parent), "--run", directory.name,
+                            "--resume"])
         info(f"stopped by {signal.Signals(received[0]).name} at step {p.step}; saved {directory / LAST}. "
              f"Resume with: {again}")
         raise Interrupted(128 + received[0])

@@ -93,16 +93,25 @@ def from_toml(path: Path) -> dict:
         raise UsageError(f"cannot read --config {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--config {path} is not valid TOML: {e}") from None
-    flat = {**data.pop("model", {}), **data.pop("train", {}), **data}
-    known = (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"}
-    unknown = sorted(k.replace("-", "_") for k in flat if k.replace("-", "_") not in known)
+    tables = [data.pop(name, {}) for name in ("model", "train")]
+    if not all(isinstance(t, dict) for t in tables):
+        raise UsageError(f"--config {path}: [model] and [train] must be tables")
+    flat = {k.replace("-", "_"): v for k, v in {**tables[0], **tables[1], **data}.items()}
+    unknown = sorted(k for k in flat if k not in (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"})
     if unknown:
         raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; see charrnn train --help")
-    return {k.replace("-", "_"): v for k, v in flat.items()}
+    for key, value in flat.items():
+        accepted, noun = TOML_TYPES[FIELD_TYPES[key]]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise UsageError(f"--config {path}: {key} must be {noun}, not {value!r}")
+    return flat
 
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+TOML_TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
+FIELD_TYPES = {f.name: f.type.split(" |")[0] for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)}
+BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
              "max_nonfinite", "device"}  # may change on --resume without breaking exact continuation
 
@@ -123,6 +132,8 @@ def for_resume(model: dict, train: dict, given: dict) -> tuple[ModelConfig, Trai
     if differs:
         raise UsageError(f"cannot resume with different settings: {'; '.join(differs)}; "
                          "drop them, or start a new run with --run NAME")
+    if BUDGETS & given.keys():  # a new budget replaces the run's budgets instead of adding to them
+        train = {**train, **dict.fromkeys(BUDGETS)}
     return build({**model, **train, **{k: v for k, v in given.items() if k in RESUMABLE}})
 
 

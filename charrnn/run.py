@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import random
 import tempfile
 from pathlib import Path
@@ -50,6 +51,17 @@ class Recorder:
     def __init__(self, directory: Path, trainer: Trainer, corpus: Corpus):
         self.directory, self.trainer, self.corpus = directory, trainer, corpus
         self.saved_step: int | None = trainer.progress.step if (directory / LAST).exists() else None
+        if self.saved_step is not None:
+            self.trim_metrics()
+
+    def trim_metrics(self) -> None:
+        """On resume, drop rows logged after the checkpoint (a crash loses those steps; they will be logged again)."""
+        path = self.directory / METRICS
+        if path.exists():
+            rows = [r for r in path.read_text(encoding="utf-8").splitlines(keepends=True) if logged_by(r, self.trainer)]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(rows), encoding="utf-8")
+            os.replace(tmp, path)
 
     def __call__(self, event: Event) -> None:
         if event.kind in ("log", "eval"):
@@ -93,6 +105,14 @@ class Recorder:
         if self.saved_step is None:
             return "no checkpoint had been written yet"
         return f"the last good checkpoint is {self.directory / LAST} (step {self.saved_step})"
+
+
+def logged_by(row: str, trainer: Trainer) -> bool:
+    """Whether a metrics row belongs to the run as restored (a row cut short by a crash does not)."""
+    try:
+        return json.loads(row)["step"] <= trainer.progress.step
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def read_last(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:

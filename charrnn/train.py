@@ -107,7 +107,7 @@ class Trainer:
 
         A non-finite loss or gradient skips the update (the window is still consumed)."""
         p = self.progress
-        if p.window == 0:
+        if p.window == 0:  # an epoch starts: every stream goes back to its beginning, with a fresh state
             self.state = self.model.init_state(self.cfg.batch_size, self.device)
         x, y = self.train.window(p.window)  # (B, T) each
         x, y = x.to(self.device), y.to(self.device)

@@ -381,3 +381,11 @@ def test_error_lines_do_not_wrap_in_a_narrow_terminal(in_tmp):
     proc = subprocess.run([sys.executable, "-m", "charrnn", "train", str(missing)], capture_output=True,
                           timeout=120, env=env)
     assert_proc_error(proc, 1, "f" * 60)
+
+
+@pytest.mark.parametrize("args", [("sample", "--bogus"), ("train", "--epochs", "abc", "x"), ("train",)])
+def test_parser_errors_are_one_line_in_a_real_process(args):
+    result = run_cli(*args)
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and lines[0].endswith(f"see charrnn {args[0]} --help")

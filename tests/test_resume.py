@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,36 @@ def test_minutes_budget_counts_time_already_spent(corpus):
     train(corpus, "t", "--max-steps", "4")
     spent = checkpoint.load(Path("checkpoints/t/last.safetensors"))[1]["progress"]["elapsed_s"]
     assert spent > 0
-    # a budget smaller than the time already spent: the resumed run takes no step
-    train(corpus, "t", "--resume", "--minutes", str(spent / 60 / 2), "--max-steps", "100")
+    # a budget smaller than the time already spent: nothing left to train, and the user is told so
+    result = cli("train", corpus, "--run", "t", "--resume", "--minutes", str(spent / 60 / 2))
+    assert result.exit_code == 2 and "already reached its budget at step 4" in result.stderr
     assert checkpoint.load(Path("checkpoints/t/last.safetensors"))[1]["progress"]["step"] == 4
+
+
+def test_a_new_budget_on_resume_replaces_the_old_one(corpus):
+    train(corpus, "b", "--minutes", "0.002")  # a time budget, used up
+    step = checkpoint.load(Path("checkpoints/b/last.safetensors"))[1]["progress"]["step"]
+    train(corpus, "b", "--resume", "--max-steps", str(step + 5))  # a step budget now: the time budget is gone
+    assert checkpoint.load(Path("checkpoints/b/last.safetensors"))[1]["progress"]["step"] == step + 5
+    again = cli("train", corpus, "--run", "b", "--resume")
+    assert again.exit_code == 2 and "--max-steps" in again.stderr
+
+
+def test_resume_after_a_crash_drops_metrics_rows_past_the_checkpoint(corpus):
+    train(corpus, "m2", "--max-steps", "8", "--decay-steps", "12")
+    metrics = Path("checkpoints/m2/metrics.jsonl")
+    with metrics.open("a") as f:  # rows a killed run logged after its last checkpoint, the last one cut short
+        f.write('{"step": 10, "train_loss": 1.0}\n{"step": 12, "tra')
+    train(corpus, "m2", "--max-steps", "12", "--resume")
+    rows = [json.loads(r) for r in metrics.read_text().splitlines()]  # every row parses
+    assert [r["step"] for r in rows if "train_loss" in r] == [2, 4, 6, 8, 10, 12]  # each log step once
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 8, 12]
+
+
+def test_resume_with_force_on_a_shorter_corpus_starts_at_its_beginning(corpus, tmp_path):
+    train(corpus, "s", "--max-steps", "60", "--decay-steps", "80")  # cursor well into the corpus
+    short = tmp_path / "short.txt"
+    short.write_text(corpus.read_text(encoding="utf-8")[:1500], encoding="utf-8")
+    result = cli("train", short, "--run", "s", "--resume", "--force", "--max-steps", "64")
+    assert result.exit_code == 0, result.stderr
+    assert checkpoint.load(Path("checkpoints/s/last.safetensors"))[1]["progress"]["step"] == 64
