@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from charrnn.atomic import replacing
 from charrnn.errors import CheckpointError
 
 FORMAT = 1  # bump when the layout changes; older readers refuse newer files
@@ -36,25 +35,12 @@ def digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write atomically: temp file in the same directory, fsync, os.replace, fsync the directory."""
+    """Write atomically (charrnn.atomic): a crash at any instant leaves the previous file intact."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     meta_json = json.dumps({"format": FORMAT, **meta})
     blob = st_save(tensors, metadata={"charrnn": meta_json, "sha256": digest(meta_json, tensors)})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with replacing(path) as f:
+        f.write(blob)
 
 
 def clean_temp(directory: Path) -> None:

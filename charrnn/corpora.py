@@ -6,6 +6,7 @@ import sysconfig
 from pathlib import Path
 
 from charrnn import download
+from charrnn.atomic import replacing
 from charrnn.errors import CharrnnError, UsageError
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -22,8 +23,7 @@ def python_sources() -> list[Path]:
 def write_python(out: Path) -> int:
     """Concatenate the standard library's source into out; returns the characters written."""
     chars = 0
-    tmp = out.with_name(out.name + ".part")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with replacing(out, "w", encoding="utf-8", newline="") as f:
         for path in python_sources():
             try:
                 text = path.read_text(encoding="utf-8")
@@ -31,7 +31,6 @@ def write_python(out: Path) -> int:
                 continue  # a few legacy files are not UTF-8; the corpus does without them
             f.write(text if text.endswith("\n") else text + "\n")
             chars += len(text) + (not text.endswith("\n"))
-    tmp.replace(out)
     return chars
 
 
@@ -59,7 +58,8 @@ def get(name: str, out: Path | None, url: str | None = None) -> tuple[Path, int]
         raise UsageError(f"unknown corpus {name!r}; see charrnn corpus list")
     if url is not None and name not in DOWNLOADED:
         raise UsageError(f"{name} is built in, not downloaded; --url applies to {', '.join(sorted(DOWNLOADED))}")
-    out = out or Path("corpora") / f"{name}.txt"
+    if out is None or out.is_dir():
+        out = (out or Path("corpora")) / f"{name}.txt"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return out, CATALOGUE[name][1](out, url)

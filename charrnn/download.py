@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from charrnn.atomic import replacing
 from charrnn.errors import CharrnnError
 
 BLOCK = 1 << 16  # bytes read from the connection at a time
@@ -22,23 +21,19 @@ def by_hand(url: str, out: Path, sha256: str) -> str:
 
 def fetch(url: str, out: Path, sha256: str) -> None:
     """Download url to out; out appears only once the whole file is there and its SHA-256 matches."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=out.name + "-", suffix=".part", dir=out.parent)
-    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            digest = copy(url, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if digest != sha256:
-            raise CharrnnError(f"{url} sent a file whose SHA-256 is {digest[:16]}..., not the expected "
-                               f"{sha256[:16]}...; nothing was written; {by_hand(url, out, sha256)}")
-        os.replace(tmp, out)
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
-        raise CharrnnError(f"cannot download {url} ({reason}); {by_hand(url, out, sha256)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with replacing(out) as f:
+            try:
+                digest = copy(url, f)
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
+                raise CharrnnError(f"cannot download {url} ({reason}); {by_hand(url, out, sha256)}") from None
+            if digest != sha256:
+                raise CharrnnError(f"{url} sent a file whose SHA-256 is {digest[:16]}..., not the expected "
+                                   f"{sha256[:16]}...; nothing was written; {by_hand(url, out, sha256)}")
+    except OSError as e:
+        raise CharrnnError(f"cannot write {out}: {e.strerror}; choose another -o PATH") from None
 
 
 def copy(url: str, f) -> str:

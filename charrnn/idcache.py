@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.atomic import replacing
 from charrnn.errors import CharrnnError
 from charrnn.sources import Source
 
@@ -61,7 +62,8 @@ class Entry:
         """Publish a finished ids file and then its metadata (a reader checks one against the other)."""
         try:
             os.replace(tmp_ids, self.ids_path)
-            atomic_write_text(self.meta_path, json.dumps({"format": FORMAT, **meta}, ensure_ascii=True))
+            with replacing(self.meta_path, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"format": FORMAT, **meta}, ensure_ascii=True))
         except OSError as e:
             raise cache_error(self.directory, e) from None
 
@@ -106,14 +108,3 @@ class IdsWriter:
 def cache_error(directory: Path, e: OSError) -> CharrnnError:
     return CharrnnError(f"cannot write the corpus cache in {directory}: {e.strerror}; choose another --out "
                         "(the cache takes 1 to 4 bytes per character)")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, name = tempfile.mkstemp(prefix=path.stem + "-", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise

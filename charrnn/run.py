@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import torch
 
 from charrnn import checkpoint
+from charrnn.atomic import replacing
 from charrnn.checkpoint import BEST, LAST
 from charrnn.config import ModelConfig
 from charrnn.corpus import Corpus
@@ -57,11 +57,14 @@ class Recorder:
     def trim_metrics(self) -> None:
         """On resume, drop rows logged after the checkpoint (a crash loses those steps; they will be logged again)."""
         path = self.directory / METRICS
-        if path.exists():
+        try:
             rows = [r for r in path.read_text(encoding="utf-8").splitlines(keepends=True) if logged_by(r, self.trainer)]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(rows), encoding="utf-8")
-            os.replace(tmp, path)
+            with replacing(path, "w", encoding="utf-8") as f:
+                f.write("".join(rows))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise CharrnnError(f"cannot rewrite {path}: {e.strerror}; {self.last_good()}") from None
 
     def __call__(self, event: Event) -> None:
         if event.kind in ("log", "eval"):

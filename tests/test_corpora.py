@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import socket
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -106,3 +107,16 @@ def test_a_failed_download_keeps_the_file_already_there(tmp_path, serve):
 def test_url_applies_only_to_downloaded_corpora():
     result = cli("corpus", "get", "python", "--url", "http://127.0.0.1:9/x")
     assert result.exit_code == 2 and "--url applies to tinyshakespeare" in result.stderr
+
+
+def test_corpus_get_into_a_directory_writes_name_txt_there_readable_by_the_umask(tmp_path):
+    out = tmp_path / "somewhere"
+    out.mkdir()
+    old = os.umask(0o022)
+    try:
+        result = cli("corpus", "get", "python", "-o", out)
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.stderr
+    assert [p.name for p in out.iterdir()] == ["python.txt"]  # no temporary file left beside it
+    assert (out / "python.txt").stat().st_mode & 0o777 == 0o644

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY, cli, train_tiny
 
-from charrnn import checkpoint
+from charrnn import atomic, checkpoint
 from charrnn.train import Trainer
 
 LAST = Path("checkpoints/tiny/last.safetensors")
@@ -20,11 +20,13 @@ def test_disk_full_during_save_keeps_previous_checkpoint(corpus, monkeypatch):
     before = LAST.read_bytes()
     real_fdopen = os.fdopen
 
-    def to_dev_full(fd, mode):  # the temp file's bytes go to /dev/full: the kernel answers ENOSPC
+    def to_dev_full(fd, mode, **kw):  # a checkpoint's bytes go to /dev/full: the kernel answers ENOSPC
+        if mode != "wb":
+            return real_fdopen(fd, mode, **kw)
         os.close(fd)
-        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode, **kw)
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", to_dev_full)
+    monkeypatch.setattr(atomic.os, "fdopen", to_dev_full)
     result = cli("train", corpus, "--run", "tiny", "--resume", "--max-steps", "9")
     assert result.exit_code == 1
     assert "No space left on device" in result.stderr and "step 3" in result.stderr
