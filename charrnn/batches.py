@@ -49,3 +49,9 @@ class Streams:
 def window(streams: np.ndarray, start: int, length: int) -> torch.Tensor:
     """Columns start .. start+length of (B, L) ids as a (B, T) int64 tensor (a small copy)."""
     return torch.from_numpy(np.ascontiguousarray(streams[:, start : start + length], dtype=np.int64))
+
+
+def evaluation_streams(ids: np.ndarray, batch_size: int, seq_len: int) -> Streams:
+    """The validation layout (also used by scoring): as many of batch_size streams as hold one full window
+    (at least one), windows of seq_len with a shorter last one, so every character is read once."""
+    return Streams(ids, max(1, min(batch_size, (len(ids) - 1) // seq_len)), seq_len, full_windows=False)

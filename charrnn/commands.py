@@ -13,7 +13,7 @@ from pathlib import Path
 
 from charrnn import checkpoint, config, corpus, run, sources
 from charrnn import device as devices
-from charrnn.batches import Streams, min_chars
+from charrnn.batches import Streams, evaluation_streams, min_chars
 from charrnn.checkpoint import LAST
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, warn
@@ -106,7 +106,7 @@ def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
     model = CharRNN(model_cfg).to(device)
-    val = Streams(val_ids, min(cfg.batch_size, (len(val_ids) - 1) // cfg.seq_len), cfg.seq_len, full_windows=False)
+    val = evaluation_streams(val_ids, cfg.batch_size, cfg.seq_len)
     return Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
 
 
@@ -208,7 +208,9 @@ def describe(target: Path | None) -> str:
     model, vocab, meta = run.load_model(path, devices.pick("cpu"))
     m, p = meta["model"], meta["progress"]
     preview = "".join(vocab.chars[:60]).encode("unicode_escape").decode("ascii")
-    best = nats_bits(p["best_val"]) if p.get("best_val") is not None else "not evaluated yet"
+    best = "not evaluated yet"
+    if p.get("best_val") is not None:
+        best = f"{nats_bits(p['best_val'])} at step {p['best_step']}"
     lines = [
         f"checkpoint   {path}",
         f"model        {m['cell']}, {m['num_layers']} layers x {m['hidden_size']} units, embed {m['embed_size']}, "
@@ -217,7 +219,7 @@ def describe(target: Path | None) -> str:
         f"vocabulary   {len(vocab)} characters: {preview}{' ...' if len(vocab) > 60 else ''}",
         f"corpus       {meta['corpus']['name']} ({meta['corpus']['fingerprint'][:19]}...)",
         f"progress     step {p['step']}, epoch {p['epoch']}, {p['elapsed_s']:.0f} s of training",
-        f"best val     {best} at step {p['best_step']}",
+        f"best val     {best}",
     ]
     return "\n".join(lines)
 

@@ -25,11 +25,10 @@ from charrnn import idcache
 from charrnn.console import info
 from charrnn.errors import CharrnnError
 from charrnn.sources import BINARY_SNIFF, Inputs, Source
-from charrnn.vocab import Vocab
+from charrnn.vocab import REPLACEMENT, Vocab
 
 CHUNK = 256 << 10  # bytes read at a time; measured fastest (bench/corpus.py): a chunk's arrays stay in CPU cache
 CODE_SPACE = 0x110000  # Unicode code points 0 .. U+10FFFF
-REPLACEMENT = "\ufffd"  # what --min-char-count maps rare characters to
 BOM = 0xFEFF
 NEWLINE = ord("\n")  # put between files that do not end with one
 

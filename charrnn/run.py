@@ -19,7 +19,7 @@ from charrnn.corpus import Corpus
 from charrnn.errors import CharrnnError, CheckpointError
 from charrnn.model import CharRNN
 from charrnn.train import Event, Progress, Trainer
-from charrnn.vocab import Vocab
+from charrnn.vocab import REPLACEMENT, Vocab
 
 METRICS = "metrics.jsonl"
 
@@ -149,7 +149,8 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
     tensors, meta = checkpoint.load(path)
     try:
-        vocab = Vocab(meta["vocab"])
+        folds = meta.get("train", {}).get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
+        vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
         cfg = ModelConfig(**meta["model"])
         cfg.validate()
         with torch.device("meta"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from charrnn.batches import Streams
+from charrnn.batches import evaluation_streams
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN
@@ -62,7 +62,7 @@ def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len
     if len(ids) < 2:
         raise CharrnnError(f"nothing to score: the text has {len(ids)} character(s) in the model's vocabulary; "
                            "scoring needs at least 2")
-    streams = Streams(ids, max(1, min(batch_size, (len(ids) - 1) // seq_len)), seq_len, full_windows=False)
+    streams = evaluation_streams(ids, batch_size, seq_len)
     nats = evaluate(model, streams, device)
     return Score(nats, streams.batch_size * streams.stream_len, len(text), len(text) - len(kept), unknown)
 

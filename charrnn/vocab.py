@@ -6,11 +6,16 @@ import json
 
 import numpy as np
 
+REPLACEMENT = "\ufffd"  # what --min-char-count maps rare characters to
+
 
 class Vocab:
-    def __init__(self, chars: list[str]):
-        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars):
+    def __init__(self, chars: list[str], fallback: str | None = None):
+        """fallback: a character of the vocab that every unknown character is read as (a model trained with
+        --min-char-count reads rare characters as U+FFFD); None: unknown characters are errors or skipped."""
+        if any(len(c) != 1 for c in chars) or len(set(chars)) != len(chars) or (fallback and fallback not in chars):
             raise ValueError("a vocab is a list of distinct single characters")
+        self.fallback = fallback
         self.chars = sorted(chars)
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # (V,) sorted code points
         self.index = {c: i for i, c in enumerate(self.chars)}
@@ -23,7 +28,7 @@ class Vocab:
         return len(self.chars)
 
     def __contains__(self, char: str) -> bool:
-        return char in self.index
+        return char in self.index or self.fallback is not None
 
     @property
     def id_dtype(self) -> type:
@@ -31,12 +36,15 @@ class Vocab:
         return np.uint8 if len(self) <= 1 << 8 else np.uint16 if len(self) <= 1 << 16 else np.uint32
 
     def encode(self, text: str) -> np.ndarray:
-        """(N,) ids, vectorised: code points looked up by binary search. Every character must be known."""
+        """(N,) ids, vectorised: code points looked up by binary search. Every character must be known
+        (or is read as the fallback)."""
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,)
         ids = np.searchsorted(self._codes, codes)  # (N,)
         known = ids < len(self)
         known[known] = self._codes[ids[known]] == codes[known]
-        if not known.all():
+        if self.fallback is not None:
+            ids[~known] = self.index[self.fallback]
+        elif not known.all():
             missing = sorted({chr(c) for c in codes[~known]})
             raise KeyError(f"characters not in the vocabulary: {missing!r}")
         return ids.astype(self.id_dtype)
@@ -45,8 +53,8 @@ class Vocab:
         return "".join(self.chars[int(i)] for i in ids)
 
     def unknown(self, text: str) -> list[str]:
-        """Characters of text that are not in the vocab, sorted, each once."""
-        return sorted(set(text) - self.index.keys())
+        """Characters of text that are not in the vocab (and have no fallback), sorted, each once."""
+        return [] if self.fallback is not None else sorted(set(text) - self.index.keys())
 
     def to_json(self) -> str:
         return json.dumps(self.chars, ensure_ascii=True)

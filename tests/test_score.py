@@ -56,6 +56,23 @@ def test_scoring_the_validation_split_gives_the_validation_loss(tmp_path, val_fr
     assert best["chars"] == len(val_text) and best["oov"] == 0
 
 
+def test_min_char_count_models_read_rare_characters_as_they_were_trained(tmp_path):
+    """Rare characters became U+FFFD in training; score and prime read them the same way, not as unknown."""
+    text = TEXT[:3000] + "\u00e9\u00e8" + TEXT[3000:]  # two rare characters, seen once each
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    result = cli("train", tmp_path / "c.txt", *TINY, "--max-steps", "6", "--eval-every", "3", "--min-char-count", "2",
+                 "--val-frac", "0.5", "--out", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = tmp_path / "runs" / "c"
+    (tmp_path / "val.txt").write_text(text[len(text) - int(len(text) * 0.5) :], encoding="utf-8")
+    report = score(tmp_path / "val.txt", "-c", run / "last.safetensors")
+    assert report["oov"] == 0
+    assert abs(report["nats_per_char"] - val_losses(run)[-1]) < 1e-3
+    sampled = cli("sample", run, "--prime", "\u00e9x", "-n", "5", "--seed", "1")
+    assert sampled.exit_code == 0 and "warning" not in sampled.stderr
+    assert sampled.stdout.startswith("\u00e9x") and len(sampled.stdout) == 7
+
+
 def test_report_fields_agree_and_text_matches_json(run_dir, tmp_path):
     (tmp_path / "t.txt").write_text(TEXT[:2000], encoding="utf-8")
     data = score(tmp_path / "t.txt", "-c", run_dir)
