@@ -84,7 +84,7 @@ def main(version: Annotated[bool, typer.Option("--version", callback=version_cal
     """charrnn: character-level language models for the shell."""
 
 
-M, T = settings.ModelConfig(), settings.TrainConfig()  # defaults shown in --help
+M, T, S = settings.ModelConfig(), settings.TrainConfig(), settings.SampleConfig()  # defaults for --help
 
 
 def opt(kind: type, help: str):
@@ -162,21 +162,21 @@ def flag_text(value: str, escapes: bool = False) -> str:
 def sample(
     checkpoint: Checkpoint = None,
     temp: Annotated[float, typer.Option("--temp", "-t", help="Softmax temperature; 0 = always the likeliest.")]
-    = 1.0,
+    = S.temperature,
     top_k: Annotated[int, typer.Option("--top-k", help="Draw only from the K likeliest characters; 0 = off.")]
-    = 0,
+    = S.top_k,
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus: draw only from the likeliest characters "
-                                         "whose probabilities sum to P, in (0, 1]; 1 = off.")] = 1.0,
+                                         "whose probabilities sum to P, in (0, 1]; 1 = off.")] = S.top_p,
     length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime, per "
-                                        "sample; 0 = endless (until stdout closes or Ctrl-C).")] = 1000,
+                                        "sample; 0 = endless (until stdout closes or Ctrl-C).")] = S.length,
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from, printed first; - reads it "
                                        "from stdin.")] = "",
     prime_file: Annotated[Path | None, typer.Option("--prime-file", help="Read the prime from this UTF-8 file.")]
     = None,
     num_samples: Annotated[int, typer.Option("--num-samples", help="Samples drawn together as one batch, "
-                                             "written one after another.")] = 1,
+                                             "written one after another.")] = S.num_samples,
     separator: Annotated[str, typer.Option(help="Written between samples (\\n \\t \\r \\\\ understood).")]
-    = "\\n\\n",
+    = S.separator.encode("unicode_escape").decode(),
     stop: Annotated[str, typer.Option(help="A sample ends once it generates this string, which is written "
                                       "(\\n \\t \\r \\\\ understood); else at --length.")] = "",
     seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
@@ -193,11 +193,9 @@ def sample(
     nothing on stderr: charrnn sample -n 0 | head -c 100); 1: bad
     checkpoint or prime file; 2: bad options; 130: Ctrl-C.
     """
-    from charrnn.config import SampleConfig
-
     if prime_file is not None and prime:
         raise UsageError("give either --prime or --prime-file, not both")
-    cfg = SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
+    cfg = settings.SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
                        separator=flag_text(separator, escapes=True), stop=flag_text(stop, escapes=True),
                        seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     cfg.validate()
