@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from charrnn import idcache
 from charrnn.console import info
 from charrnn.errors import CharrnnError
-from charrnn.sources import BINARY_SNIFF, Inputs, Source
+from charrnn.sources import BINARY_SNIFF, STDIN, Inputs, Source, binary_file, not_utf8, open_input
 from charrnn.vocab import REPLACEMENT, Vocab
 
 CHUNK = 256 << 10  # bytes read at a time; measured fastest (bench/corpus.py): a chunk's arrays stay in CPU cache
@@ -50,8 +49,7 @@ class Corpus:
 def decode(name: str, data: bytes) -> str:
     """UTF-8 bytes held in memory -> text; binary data and invalid UTF-8 are errors naming where."""
     if b"\x00" in data[:BINARY_SNIFF]:
-        raise CharrnnError(f"{name} looks like a binary file (NUL byte at offset {data.index(0)}); "
-                           "give a UTF-8 text file")
+        raise binary_file(name, data.index(0))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -61,19 +59,9 @@ def decode(name: str, data: bytes) -> str:
 
 def read_text(source: str) -> tuple[str, str]:
     """(name, text) of one whole file, or of stdin for '-': for primes and scoring, not corpora."""
-    if source == "-":
-        return "stdin", decode("stdin", sys.stdin.buffer.read())
-    try:
-        return source, decode(source, Path(source).read_bytes())
-    except FileNotFoundError:
-        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
-    except OSError as e:
-        raise CharrnnError(f"cannot read {source}: {e.strerror}") from None
-
-
-def not_utf8(name: str, byte: int, offset: int) -> CharrnnError:
-    return CharrnnError(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}; "
-                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    name = "stdin" if source == STDIN else source
+    with open_input(source) as f:
+        return name, decode(name, f.read())
 
 
 Chunk = bytes | np.ndarray  # a pure-ASCII chunk as its bytes (bytes are code points), else (n,) uint32 code points

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +13,7 @@ from charrnn.batches import evaluation_streams
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN
-from charrnn.sources import BINARY_SNIFF
+from charrnn.sources import BINARY_SNIFF, STDIN, binary_file, not_utf8, open_input
 from charrnn.train import evaluate
 from charrnn.vocab import Vocab
 
@@ -99,23 +96,15 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
 
 def read_lines(source: str) -> Iterator[str]:
     """UTF-8 lines of a file or of stdin ('-'), newline kept, each as soon as it arrives."""
-    name = "stdin" if source == "-" else source
-    try:
-        stream = contextlib.nullcontext(sys.stdin.buffer) if source == "-" else Path(source).open("rb")
-    except FileNotFoundError:
-        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
-    except OSError as e:
-        raise CharrnnError(f"cannot read {source}: {e.strerror}") from None
+    name = "stdin" if source == STDIN else source
     offset = 0
-    with stream as lines:
+    with open_input(source) as lines:
         for number, raw in enumerate(lines, 1):
             if offset < BINARY_SNIFF and b"\x00" in raw:
-                raise CharrnnError(f"{name} looks like a binary file (NUL byte at offset {offset + raw.index(0)}); "
-                                   "give a UTF-8 text file")
+                raise binary_file(name, offset + raw.index(0))
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise CharrnnError(f"{name} is not valid UTF-8: byte 0x{raw[e.start]:02x} at offset "
-                                   f"{offset + e.start} (line {number}); re-encode it as UTF-8") from None
+                raise not_utf8(name, raw[e.start], offset + e.start, f" (line {number})") from None
             offset += len(raw)
             yield line[1:] if number == 1 and line.startswith("\ufeff") else line

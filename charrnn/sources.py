@@ -8,6 +8,7 @@ on the command line is an error.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import sys
@@ -74,6 +75,31 @@ def _unreadable(name: str, e: OSError):
     raise CharrnnError(f"cannot read {name}: {e.strerror}")
 
 
+def binary_file(name: str, offset: int) -> CharrnnError:
+    return CharrnnError(f"{name} looks like a binary file (NUL byte at offset {offset}); give a UTF-8 text file")
+
+
+def not_utf8(name: str, byte: int, offset: int, where: str = "") -> CharrnnError:
+    return CharrnnError(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}{where}; "
+                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+@contextlib.contextmanager
+def open_input(source: str):
+    """A file's bytes, or stdin's for '-'; a missing or unreadable file is a one-line error."""
+    if source == STDIN:
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(source, "rb")
+    except FileNotFoundError:
+        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
+    except OSError as e:
+        _unreadable(source, e)
+    with f:
+        yield f
+
+
 def spool_stdin(directory: Path) -> Path:
     """Copy stdin to a temporary file in directory as it streams in, a chunk at a time."""
     try:
@@ -106,7 +132,7 @@ def expand(arg: str, pattern: str | None) -> tuple[list[Path], int]:
         raise CharrnnError(f"no such file or directory: {arg}; check the path (or use '-' to read stdin)")
     offset = _sniff(path)
     if offset is not None:
-        raise CharrnnError(f"{arg} looks like a binary file (NUL byte at offset {offset}); give a UTF-8 text file")
+        raise binary_file(arg, offset)
     return [path], 0
 
 
