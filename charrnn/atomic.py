@@ -1,28 +1,70 @@
-"""Atomic file replacement: a crash at any instant leaves either the old file or the new one, never half."""
+"""Files charrnn writes: atomic replacement (a crash at any instant leaves the old file or the new one, never half),
+and temporary files tagged with their writer, so the ones a killed process left behind can be told apart from
+those a live one is still writing and removed safely, even in a directory that several runs share."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
+TAG = re.compile(r"~(\d+)@([A-Za-z0-9.-]+)~")  # ~PID@HOST~ in a temporary file's name
+UNTAGGED_STALE_S = 24 * 3600  # a temporary file without a tag (or from another host) is stale after a day
+
+
+def temp_file(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """(fd, path) of a new file named PREFIX~PID@HOST~RANDOM SUFFIX, with the permissions the umask gives
+    (mkstemp makes 0600; charrnn's files are as shareable as the user's other files)."""
+    fd, name = tempfile.mkstemp(prefix=f"{prefix}~{os.getpid()}@{HOST}~", suffix=suffix, dir=directory)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, Path(name)
+
+
+def stale(path: Path) -> bool:
+    """Whether a temporary file's writer is gone: its process has exited (same host), or, when that cannot be
+    told, the file has not changed for a day."""
+    tag = TAG.search(path.name)
+    if tag and tag[2] == HOST:
+        try:
+            os.kill(int(tag[1]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError):
+            return False
+        return False
+    try:
+        return time.time() - path.stat().st_mtime > UNTAGGED_STALE_S
+    except OSError:
+        return False
+
+
+def remove_stale(directory: Path, pattern: str) -> None:
+    """Remove the temporary files matching pattern in directory whose writers are gone."""
+    for path in directory.glob(pattern):
+        if stale(path):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 @contextlib.contextmanager
 def replacing(path: Path, mode: str = "wb", **open_kw):
     """Yield a file to write path's new content to. It is a temporary file in the same directory
-    (named .NAME.*.tmp), flushed and fsynced, then renamed over path, then the directory is fsynced.
+    (named .NAME~PID@HOST~*.tmp), flushed and fsynced, then renamed over path, then the directory is fsynced.
     On any error the temporary file is removed and path is left as it was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600; files are as shareable as the user's umask says
         with os.fdopen(fd, mode, **open_kw) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

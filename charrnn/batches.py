@@ -29,6 +29,7 @@ class Streams:
         # Views, not copies: ids may be a memory-mapped cache far larger than RAM; windows are copied as used.
         self.x = ids[:n].reshape(batch_size, -1)  # (B, L)
         self.y = ids[1 : n + 1].reshape(batch_size, -1)  # (B, L)
+        self.rest = ids[n:]  # (N - n,): the last stream's final target, then the (N - 1) mod B characters after it
         self.full_windows = full_windows
 
     def __len__(self) -> int:
@@ -44,6 +45,13 @@ class Streams:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for w in range(len(self)):
             yield self.window(w)
+
+    def tail(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x, y), each (1, R): the R = (N - 1) mod B characters past the streams, which continue the last stream
+        (evaluation reads them after it, so every character but the first is predicted once). None if R = 0."""
+        if len(self.rest) < 2:
+            return None
+        return window(self.rest[None, :-1], 0, len(self.rest) - 1), window(self.rest[None, 1:], 0, len(self.rest) - 1)
 
 
 def window(streams: np.ndarray, start: int, length: int) -> torch.Tensor:

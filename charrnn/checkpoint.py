@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from charrnn.atomic import replacing
+from charrnn import config
+from charrnn.atomic import remove_stale, replacing
 from charrnn.errors import CheckpointError
 
 FORMAT = 1  # bump when the layout changes; older readers refuse newer files
@@ -44,9 +46,8 @@ def save(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def clean_temp(directory: Path) -> None:
-    """Remove temp files left by a save that was killed midway."""
-    for tmp in directory.glob(".*.safetensors.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    """Remove temp files left by saves that were killed midway (charrnn.atomic: only those whose writer is gone)."""
+    remove_stale(directory, ".*.tmp")
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -74,17 +75,60 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise CheckpointError(f"{path} has checkpoint format {found!r}; this charrnn reads format {FORMAT}")
     if digest(meta_json, tensors) != expected:
         raise CheckpointError(f"{path} is corrupt: its tensor data does not match its checksum")
+    check_meta(path, meta)
     return tensors, meta
 
 
+SECTIONS = {"model": dict, "train": dict, "vocab": list, "progress": dict, "corpus": dict}
+NUMBER = (int, float)
+PROGRESS = {"step": int, "epoch": int, "window": int, "elapsed_s": NUMBER, "best_val": (*NUMBER, type(None)),
+            "best_step": int, "skipped": int}  # what Recorder.meta writes; every number >= 0
+
+
+def check_meta(path: Path, meta: dict) -> None:
+    """Refuse metadata that is not what charrnn writes (the checksum is unkeyed: anyone can make a file whose
+    checksum holds), naming the entry: types, every config value against its rule, the vocabulary's size."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; it was not written by this charrnn")
+
+    for key, kind in SECTIONS.items():
+        if not isinstance(meta.get(key), kind):
+            raise bad(f"{key} is missing or not a JSON {'object' if kind is dict else 'list'}")
+    for section, keys in (("model", config.MODEL_KEYS), ("train", config.TRAIN_KEYS)):
+        def label(key: str, section=section) -> str:
+            return f"{path}: {section}.{key}"
+
+        config.typed(meta[section], keys, label, CheckpointError)
+        config.check(meta[section], label, error=CheckpointError)
+    vocab = meta["vocab"]
+    if not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab):
+        raise bad("vocab is not a list of distinct single characters")
+    if meta["model"].get("vocab_size") != len(vocab):
+        raise bad(f"its vocabulary has {len(vocab)} characters but its model has {meta['model'].get('vocab_size')} "
+                  "outputs")
+    p = meta["progress"]
+    for key, kind in PROGRESS.items():
+        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None
+                                                                              and not 0 <= p[key] < math.inf):
+            raise bad(f"progress.{key} is missing or not a number >= 0")
+    epoch = meta.get("epoch", 0)
+    if not isinstance(epoch, NUMBER) or isinstance(epoch, bool) or not 0 <= epoch < math.inf:
+        raise bad("epoch is not a number >= 0")
+    if not all(isinstance(meta["corpus"].get(k), str) for k in ("name", "fingerprint")):
+        raise bad("corpus.name and corpus.fingerprint must be strings")
+
+
 def resolve(target: Path | None, root: Path = Path("checkpoints")) -> Path:
-    """A model file, or a run directory (best, else last); None: the newest run under root."""
-    if target is None:
-        runs = [f for f in root.glob("*/*.safetensors") if f.name in (BEST, LAST)] if root.is_dir() else []
-        if not runs:
+    """A model file, a run directory (best, else last), or a directory of runs (its newest run);
+    None: the newest run under root."""
+    if target is None or (target.is_dir() and not any((target / name).is_file() for name in (BEST, LAST))
+                          and newest_run(target)):
+        root = target or root
+        target = newest_run(root)
+        if target is None:
             raise CheckpointError(f"no runs under {root}/; train one first (charrnn train FILE) "
                                   "or name a checkpoint")
-        target = max(runs, key=lambda f: f.stat().st_mtime).parent
     if target.is_dir():
         for name in (BEST, LAST):
             if (target / name).is_file():
@@ -95,21 +139,40 @@ def resolve(target: Path | None, root: Path = Path("checkpoints")) -> Path:
     return target
 
 
+def newest_run(root: Path) -> Path | None:
+    """The run directory under root whose checkpoint was written last, or None."""
+    runs = [f for f in root.glob("*/*.safetensors") if f.name in (BEST, LAST)] if root.is_dir() else []
+    return max(runs, key=lambda f: f.stat().st_mtime).parent if runs else None
+
+
 def split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """The tensors under prefix, with the prefix removed."""
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
-    """Optimizer state as optim.<param>.<key> tensors plus JSON param groups."""
+    """Optimizer state as optim.<param>.<key> tensors plus JSON param groups (kept for reference: the groups
+    are rebuilt from the run's config on resume, so no setting is read back from the file)."""
     sd = optimizer.state_dict()
     tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
     return tensors, sd["param_groups"]
 
 
-def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Load AdamW's moments and step counts, each checked against its parameter's shape (a mismatch
+    would otherwise surface as an error midway through the next step)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict] = {}
     for key, value in split(tensors, "optim").items():
         i, name = key.split(".", 1)
         state.setdefault(int(i), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    if not state:  # saved before the first update (every step so far skipped): nothing to load
+        return
+    for i, param in enumerate(params):
+        s = state.get(i, {})
+        shapes = {"step": (), "exp_avg": param.shape, "exp_avg_sq": param.shape}
+        if s.keys() != shapes.keys() or any(tuple(s[k].shape) != tuple(v) for k, v in shapes.items()):
+            raise ValueError(f"optimizer state {i} does not match parameter {i}")
+    if state.keys() != set(range(len(params))):
+        raise ValueError("the optimizer state is for another model")
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})

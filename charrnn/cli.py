@@ -26,6 +26,7 @@ class OneLineErrors(typer.Typer):
     """The console entry point: flag and argument errors from the parser become one `error:` line, exit 2."""
 
     def __call__(self, *args, **kwargs):
+        fill_closed_streams()
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
         except parse_errors() as e:
@@ -35,6 +36,9 @@ class OneLineErrors(typer.Typer):
             sys.exit(e.exit_code)
         except typer.Abort:
             sys.exit(130)
+        except CharrnnError as e:  # from an eager option (--version), outside any command
+            error(str(e))
+            sys.exit(e.exit_code)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -47,9 +51,24 @@ def parse_errors() -> tuple[type[Exception], ...]:
     return (typer.exceptions.TyperException, ClickException)
 
 
+def fill_closed_streams() -> None:
+    """A standard stream closed by the shell (<&-, >&-, 2>&-) gets /dev/null in its place, so no file charrnn
+    opens can take its number. sys.stdin/stdout stay None, so a command that needs one says it is closed."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # takes the lowest free number: fd itself, or a lower closed one
+            if null != fd:
+                os.dup2(null, fd)
+
+
+HELP = {"help_option_names": ["-h", "--help"]}
 app = OneLineErrors(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                    rich_markup_mode=None, context_settings=HELP,
                     help="Train character-level RNN/GRU/LSTM language models and sample text from them.")
-corpus_app = typer.Typer(no_args_is_help=True, help="List and fetch ready-made corpora.")
+corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
+                         help="List and fetch ready-made corpora.")
 app.add_typer(corpus_app, name="corpus")
 
 
@@ -65,7 +84,7 @@ def reports_errors(command):
                 error(str(e))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:  # Ctrl-C: quietly, exit 130 (train handles its own signals)
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: stdout closed
                 sys.stdout.flush()
             raise typer.Exit(130) from None
 
@@ -74,7 +93,7 @@ def reports_errors(command):
 
 def version_callback(value: bool) -> None:
     if value:
-        print(f"charrnn {__version__}")
+        write_stream([f"charrnn {__version__}\n"])
         raise typer.Exit()
 
 
@@ -93,18 +112,21 @@ def opt(kind: type, help: str):
 
 
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
-Checkpoint = Annotated[Path | None, typer.Argument(
-    help="Model file or run directory (best, else last). Default: the newest run under ./checkpoints.")]
+Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
+                                                   "last) or folder of runs (its newest). Default: the newest run "
+                                                   "under ./checkpoints.")]
 
 
 @app.command()
 @reports_errors
 def train(
     inputs: Annotated[list[str], typer.Argument(
-        help="UTF-8 text files, directories (searched recursively; hidden and binary files skipped) or - for stdin, "
-        "joined in the order given.", show_default=False)],
+        metavar="INPUTS", help="UTF-8 text files, directories (searched recursively; hidden, binary and UTF-16 files "
+        "skipped) or - for stdin, joined in the order given.", show_default=False)],
     glob: opt(str, "Only files matching this pattern in directories, e.g. '*.c'.") = None,
     min_char_count: opt(int, "Characters seen fewer times map to U+FFFD. Default: 0 (off).") = None,
+    encoding_errors: opt(str, "Invalid UTF-8 in the corpus: strict (refuse it), replace (each bad byte becomes "
+                         "U+FFFD) or skip (drop it). Default: strict.") = None,
     cell: opt(str, f"lstm, gru or rnn. Default: {M.cell}.") = None,
     hidden_size: opt(int, f"Units per layer. Default: {M.hidden_size}.") = None,
     num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
@@ -135,32 +157,52 @@ def train(
 ) -> None:
     """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
     flags = {k: v for k, v in locals().items() if k in settings.MODEL_KEYS | settings.TRAIN_KEYS and v is not None}
+    settings.check(flags, settings.flag)
     given = {**(settings.from_toml(config) if config else {}), **flags}
     from charrnn.sources import run_name
 
-    name = run or run_name(inputs)
-    if not run and len(inputs) > 1:
+    name = run if run is not None else run_name(inputs)
+    if run is None and len(inputs) > 1:
         info(f"run name {name!r}, from the first of {len(inputs)} inputs (--run NAME to choose another)")
     from charrnn.commands import train_run
 
-    train_run(inputs, glob, out / name, given, force, resume)
+    train_run(inputs, glob, out, name, given, force, resume)
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
-def flag_text(value: str, escapes: bool = False) -> str:
-    """A text flag as UTF-8 whatever the locale (argv may arrive surrogate-escaped); optionally with
+def flag_text(name: str, value: str | None, escapes: bool = False) -> str | None:
+    """A text flag as UTF-8 whatever the locale (argv arrives surrogate-escaped); optionally with
     the backslash escapes \\n \\t \\r \\\\ turned into the characters they name."""
-    with contextlib.suppress(UnicodeError):
-        value = os.fsencode(value).decode("utf-8")
+    if value is None:
+        return None
+    raw = os.fsencode(value)
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        also = " (or read it from a UTF-8 file with --prime-file)" if name == "--prime" else ""
+        raise UsageError(f"{name} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); give UTF-8 "
+                         f"text{also}") from None
     return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], value) if escapes else value
+
+
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory (best, "
+                                                   "else last). Default: the newest run under ./checkpoints.")]
+EncodingErrors = Annotated[str, typer.Option(help="Invalid UTF-8: strict (refuse), replace (U+FFFD) or skip.")]
+
+
+def one_checkpoint(positional: Path | None, option: Path | None) -> Path | None:
+    if positional is not None and option is not None:
+        raise UsageError("name the checkpoint once: as an argument or with -c/--checkpoint, not both")
+    return positional if positional is not None else option
 
 
 @app.command()
 @reports_errors
 def sample(
     checkpoint: Checkpoint = None,
+    checkpoint_opt: CheckpointOpt = None,
     temp: Annotated[float, typer.Option("--temp", "-t", help="Softmax temperature; 0 = always the likeliest.")]
     = S.temperature,
     top_k: Annotated[int, typer.Option("--top-k", help="Draw only from the K likeliest characters; 0 = off.")]
@@ -177,8 +219,8 @@ def sample(
                                              "written one after another.")] = S.num_samples,
     separator: Annotated[str, typer.Option(help="Written between samples (\\n \\t \\r \\\\ understood).")]
     = S.separator.encode("unicode_escape").decode(),
-    stop: Annotated[str, typer.Option(help="A sample ends once it generates this string, which is written "
-                                      "(\\n \\t \\r \\\\ understood); else at --length.")] = "",
+    stop: Annotated[str | None, typer.Option(help="A sample ends once it generates this string, which is written "
+                                             "(\\n \\t \\r \\\\ understood); else at --length.")] = None,
     seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
     = None,
     device: Device = "auto",
@@ -187,88 +229,108 @@ def sample(
 
     Prime characters outside the model's vocabulary are skipped, with a
     warning on stderr. With --num-samples, the first sample streams live;
-    the others are buffered and follow in order.
+    the others are buffered and follow in order. Only generated text counts
+    for --stop: a stop string inside the prime does not end a sample.
 
     Exit status: 0 when done, also when stdout closes early (quietly,
     nothing on stderr: charrnn sample -n 0 | head -c 100); 1: bad
-    checkpoint or prime file; 2: bad options; 130: Ctrl-C.
+    checkpoint or prime file, or stdout unwritable; 2: bad options or a
+    closed stdin/stdout; 130: Ctrl-C.
     """
     if prime_file is not None and prime:
         raise UsageError("give either --prime or --prime-file, not both")
+    target = one_checkpoint(checkpoint, checkpoint_opt)
     cfg = settings.SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
-                       separator=flag_text(separator, escapes=True), stop=flag_text(stop, escapes=True),
-                       seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+                                separator=flag_text("--separator", separator, escapes=True),
+                                stop=flag_text("--stop", stop, escapes=True),
+                                seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     cfg.validate()
+    prime = flag_text("--prime", prime)
+    stdout_open()
     from charrnn.commands import read_prime, sample_text
 
-    cfg.prime = read_prime(flag_text(prime), prime_file)
-    write_stream(sample_text(checkpoint, cfg, device))
+    cfg.prime = read_prime(prime, prime_file)
+    write_stream(sample_text(target, cfg, device))
+
+
+def stdout_open() -> None:
+    """Commands that write data refuse a stdout the shell closed (>&-) before doing any work."""
+    if sys.stdout is None:
+        raise UsageError("stdout is closed; send the output to a file or a pipe (e.g. > out.txt)")
 
 
 def write_stream(chunks) -> None:
-    """Text to stdout as UTF-8, each chunk as soon as it is made (a flush costs far less than a model step);
-    a closed pipe (| head) ends quietly with exit 0."""
+    """Text to stdout as UTF-8, each chunk as soon as it is made (a flush costs far less than a model step).
+    A closed pipe (| head) ends quietly with exit 0; any other write error (a full disk) is a one-line error."""
+    stdout_open()
     out = sys.stdout
     out.reconfigure(encoding="utf-8", errors="strict")
     try:
         for chunk in chunks:
             out.write(chunk)
             out.flush()
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at interpreter exit
-        raise typer.Exit(0) from None
+    except OSError as e:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # drop what is buffered: no error at exit
+        if isinstance(e, BrokenPipeError):
+            raise typer.Exit(0) from None
+        raise CharrnnError(f"cannot write to stdout: {e.strerror}; free some space or send the output "
+                           "elsewhere") from None
 
 
 @app.command()
 @reports_errors
 def score(
-    file: Annotated[str, typer.Argument(help="UTF-8 text to score, or - for stdin.")] = "-",
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory "
-                                                    "(best, else last). Default: the newest run under ./checkpoints.")]
-    = None,
+    file: Annotated[str, typer.Argument(metavar="FILE", help="UTF-8 text to score, or - for stdin.")] = "-",
+    checkpoint: CheckpointOpt = None,
     per_line: Annotated[bool, typer.Option("--per-line", help="Score each line on its own, as it arrives: "
                                            "bits_per_char<TAB>line, ready for sort -n.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line).")]
     = False,
+    encoding_errors: EncodingErrors = "strict",
     device: Device = "auto",
 ) -> None:
     """Score a text under a model: bits/char, nats/char, perplexity.
 
     The text is scored in the layout of training's validation (the
     checkpoint's batch size and sequence length, state carried), so a run's
-    validation split scores its validation loss. Characters outside the
-    vocabulary are skipped, counted (oov) and named on stderr. --per-line
+    validation split scores its validation loss. Every character is
+    scored except the first (context only) and those outside the
+    vocabulary (skipped, counted as oov and named on stderr). --per-line
     scores each line alone, its newline included, as if after a newline.
 
     Exit status: 0 ok, also when stdout closes early; 1: unreadable text
-    or checkpoint; 2: bad options; 130: Ctrl-C.
+    or checkpoint, or stdout unwritable; 2: bad options or a closed
+    stdin/stdout; 130: Ctrl-C.
     """
-    if file == "-" and sys.stdin.isatty():
+    settings.check({"encoding_errors": encoding_errors}, settings.flag)
+    if file == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
+    stdout_open()
     from charrnn.commands import score_each_line, score_report
 
     if per_line:
-        write_stream(score_each_line(file, checkpoint, device, json_))
+        write_stream(score_each_line(file, checkpoint, device, json_, encoding_errors))
     else:
-        write_stream([score_report(file, checkpoint, device, json_) + "\n"])
+        write_stream([score_report(file, checkpoint, device, json_, encoding_errors) + "\n"])
 
 
 @app.command("info")
 @reports_errors
 def info_(checkpoint: Checkpoint = None) -> None:
     """Describe a checkpoint: model, vocabulary, training progress, best validation loss."""
+    stdout_open()
     from charrnn.commands import describe
 
-    print(describe(checkpoint))
+    write_stream([describe(checkpoint) + "\n"])
 
 
 @corpus_app.command("list")
+@reports_errors
 def corpus_list() -> None:
     """Show the corpora `charrnn corpus get` knows."""
     from charrnn.corpora import CATALOGUE
 
-    for name, (about, _) in CATALOGUE.items():
-        print(f"{name}\t{about}")
+    write_stream([f"{name}\t{about}\n" for name, (about, _) in CATALOGUE.items()])
 
 
 @corpus_app.command("get")

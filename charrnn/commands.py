@@ -11,19 +11,19 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
 from charrnn import checkpoint, config, corpus, run, sources
 from charrnn import device as devices
 from charrnn.batches import Streams, evaluation_streams, min_chars
 from charrnn.checkpoint import LAST
-from charrnn.config import ModelConfig, SampleConfig, TrainConfig
-from charrnn.console import TrainReport, info, nats_bits, warn
-from charrnn.errors import CharrnnError, Interrupted, UsageError
+from charrnn.config import MAX_PARAMS, ModelConfig, SampleConfig, TrainConfig
+from charrnn.console import TrainReport, info, nats_bits, note, warn
+from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate, generate_batch, in_order
 from charrnn.score import read_lines, score_lines, score_text
 from charrnn.train import NonFiniteError, Trainer
-
-CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
 
 
 def check_size(n: int, cfg: TrainConfig) -> None:
@@ -45,26 +45,83 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                        f"--val-frac {cfg.val_frac} need at least {need:,}; give more text or lower those")
 
 
-def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict, force: bool, resume: bool) -> None:
-    """Train a new run in directory, or (resume) continue the one there exactly where it stopped."""
+def train_run(inputs: list[str], glob: str | None, out: Path, name: str, given: dict, force: bool,
+              resume: bool) -> None:
+    """Train a new run in OUT/NAME, or (resume) continue the one there exactly where it stopped.
+
+    Everything is validated before anything is written; a forced-over run is removed only once the new one
+    is ready to start; a failure removes the directories this command created."""
+    run.check_name(name)
+    refuse_checkpoints(inputs)
+    directory = out / name
     tensors, meta = run.read_last(directory) if resume else ({}, None)
     model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
     device = devices.pick(cfg.device)
-    run.claim(directory, force, resume)
-    text = load_corpus(inputs, glob, directory.parent / CACHE_DIR, cfg, meta, force)
-    if not resume:
-        run.clear(directory)
-    trainer = build_trainer(text, model_cfg, cfg, device)
-    if meta:
-        run.restore(trainer, tensors, meta)
-        if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
-            trainer.progress.window = 0
-        if trainer.finished():
-            raise UsageError(f"{directory} already reached its budget at step {trainer.progress.step}; give a larger "
-                             "--max-steps, --epochs or --minutes to train it further")
-        info(f"resuming {directory} at step {trainer.progress.step}")
+    created = run.claim(directory, force, resume)
+    try:
+        with abort_on_signals():
+            text = load_corpus(inputs, glob, out / run.CACHE_DIR, cfg, meta, force)
+            trainer = build_trainer(text, model_cfg, cfg, device)
+            if meta:
+                restore(trainer, tensors, meta, text, directory)
+        if not resume:
+            run.clear(directory)
+        train_loop(trainer, text, directory, inputs)
+    except BaseException:
+        run.release(directory, created)
+        raise
+
+
+def refuse_checkpoints(inputs: list[str]) -> None:
+    """A checkpoint given as an input (torch-rnn's -init_from habit, or --resume PATH) is a usage error."""
+    for arg in inputs:
+        if arg.endswith(".safetensors") and Path(arg).is_file():
+            run_dir = Path(arg).parent
+            again = shlex.join(["--out", str(run_dir.parent), "--run", run_dir.name])
+            raise UsageError(f"{arg} is a checkpoint, not text (--resume takes no argument); to continue its run, "
+                             f"give the corpus and the run: charrnn train CORPUS {again} --resume")
+
+
+@contextlib.contextmanager
+def abort_on_signals():
+    """Before training starts, SIGINT/SIGTERM end the command at once (temporary files are removed on the way
+    out); nothing has been saved yet."""
+    def handler(sig, frame):
+        raise Interrupted(128 + sig, f"stopped by {signal.Signals(sig).name} before training began; nothing saved")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, directory: Path) -> None:
+    """Put the trainer where the run stopped; a run that already reached its budget is a usage error."""
+    run.restore(trainer, tensors, meta)
+    if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
+        trainer.progress.window = 0
+    if trainer.progress.window >= len(trainer.train):
+        raise CheckpointError(f"{directory / LAST}: its stream cursor ({trainer.progress.window}) is past the "
+                              f"corpus's {len(trainer.train)} windows; it was not written by this charrnn")
+    if trainer.finished():
+        raise UsageError(f"{directory} already reached its budget at step {trainer.progress.step}; give a larger "
+                         "--max-steps, --epochs or --minutes to train it further")
+    info(f"resuming {directory} at step {trainer.progress.step}")
+
+
+def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str]) -> None:
+    """Run the trainer with its listeners; signals save and stop at the next step boundary."""
+    model_cfg, cfg = trainer.model.cfg, trainer.cfg
     info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
-         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on {device}")
+         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
+         f"{trainer.device}")
+    if len(text.vocab) == 1:
+        warn(f"the corpus has a single distinct character ({text.vocab.chars[0]!r}): the model has nothing to learn")
+    if cfg.warmup_steps > trainer.total_steps:
+        warn(f"--warmup-steps {cfg.warmup_steps} is longer than the {trainer.total_steps:,.0f}-step budget: the "
+             f"learning rate never reaches --lr {cfg.lr}")
     recorder = run.Recorder(directory, trainer, text)
     trainer.subscribe(recorder)
     trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
@@ -89,7 +146,7 @@ def train_run(inputs: list[str], glob: str | None, directory: Path, given: dict,
 def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
                 force: bool) -> corpus.Corpus:
     """The prepared corpus, checked against the run being resumed (meta) and against the window sizes."""
-    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count)
+    text = corpus.load(sources.resolve(inputs, glob, cache), cache, cfg.min_char_count, cfg.encoding_errors)
     if meta and meta["corpus"]["fingerprint"] != text.fingerprint and not force:
         raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
                            "different content); pass the same corpus, or --force to continue on this one")
@@ -105,7 +162,16 @@ def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     train_ids, val_ids = text.split(cfg.val_frac)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
-    model = CharRNN(model_cfg).to(device)
+    with torch.device("meta"):  # its size first, without allocating anything
+        size = num_params(CharRNN(model_cfg))
+    if size > MAX_PARAMS:
+        raise UsageError(f"a {size:,}-parameter model is too large (at most {MAX_PARAMS:,}); lower --hidden-size, "
+                         "--num-layers or --embed-size")
+    try:
+        model = CharRNN(model_cfg).to(device)
+    except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
+        raise CharrnnError(f"a {size:,}-parameter model does not fit in memory on {device}; lower --hidden-size, "
+                           "--num-layers or --embed-size") from None
     val = evaluation_streams(val_ids, cfg.batch_size, cfg.seq_len)
     return Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
 
@@ -143,16 +209,16 @@ def load_chosen(target: Path | None, device_name: str, verb: str):
     path = checkpoint.resolve(target)
     model, vocab, meta = run.load_model(path, device)
     if target is None or target.is_dir():
-        info(f"{verb} {path}")
+        note(f"{verb} {path}")
     return model, vocab, meta, device
 
 
 def read_prime(prime: str, prime_file: Path | None) -> str:
     """The prime text: --prime TEXT, --prime - (stdin) or --prime-file PATH, read as UTF-8."""
     if prime_file is not None:
-        return corpus.read_text(str(prime_file))[1]
+        return corpus.read_text(str(prime_file), flag=False)[1]
     if prime == "-":
-        return corpus.read_text("-")[1]
+        return corpus.read_text("-", flag=False)[1]
     return prime
 
 
@@ -171,11 +237,11 @@ def warn_unknown(unknown: list[str], count: int) -> None:
         warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")
 
 
-def score_report(source: str, target: Path | None, device_name: str, as_json: bool) -> str:
+def score_report(source: str, target: Path | None, device_name: str, as_json: bool, errors: str) -> str:
     """The score of a whole text, as aligned `name value` lines or as JSON."""
     model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
-    _, text = corpus.read_text(source)
-    train_cfg = {**dataclasses.asdict(TrainConfig()), **meta.get("train", {})}
+    _, text = corpus.read_text(source, errors)
+    train_cfg = {**dataclasses.asdict(TrainConfig()), **meta["train"]}
     result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device)
     warn_unknown(result.oov_chars, result.oov)
     report = result.as_dict()
@@ -187,12 +253,13 @@ def score_report(source: str, target: Path | None, device_name: str, as_json: bo
     return "\n".join(f"{k:<14} {v:.4f}" if isinstance(v, float) else f"{k:<14} {v}" for k, v in report.items())
 
 
-def score_each_line(source: str, target: Path | None, device_name: str, as_json: bool) -> Iterator[str]:
+def score_each_line(source: str, target: Path | None, device_name: str, as_json: bool,
+                    errors: str) -> Iterator[str]:
     """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
     model, vocab, _, device = load_chosen(target, device_name, "scoring with")
     unknown: set[str] = set()
     count = 0
-    for s in score_lines(model, vocab, read_lines(source), device):
+    for s in score_lines(model, vocab, read_lines(source, errors), device):
         unknown.update(s.unknown)
         count += s.oov
         if as_json:
@@ -207,18 +274,20 @@ def describe(target: Path | None) -> str:
     path = checkpoint.resolve(target)
     model, vocab, meta = run.load_model(path, devices.pick("cpu"))
     m, p = meta["model"], meta["progress"]
+    epoch = meta.get("epoch", p["epoch"])  # fractional: completed passes plus the part of the current one
     preview = "".join(vocab.chars[:60]).encode("unicode_escape").decode("ascii")
     best = "not evaluated yet"
     if p.get("best_val") is not None:
         best = f"{nats_bits(p['best_val'])} at step {p['best_step']}"
     lines = [
         f"checkpoint   {path}",
-        f"model        {m['cell']}, {m['num_layers']} layers x {m['hidden_size']} units, embed {m['embed_size']}, "
+        f"model        {m['cell']}, {m['num_layers']} layer{'s' * (m['num_layers'] != 1)} x {m['hidden_size']} units, "
+        f"embed {m['embed_size']}, "
         f"dropout {m['dropout']}",
         f"parameters   {num_params(model):,}",
         f"vocabulary   {len(vocab)} characters: {preview}{' ...' if len(vocab) > 60 else ''}",
         f"corpus       {meta['corpus']['name']} ({meta['corpus']['fingerprint'][:19]}...)",
-        f"progress     step {p['step']}, epoch {p['epoch']}, {p['elapsed_s']:.0f} s of training",
+        f"progress     step {p['step']}, epoch {epoch:.2f}, {p['elapsed_s']:.0f} s of training",
         f"best val     {best}",
     ]
     return "\n".join(lines)

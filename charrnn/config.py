@@ -1,9 +1,14 @@
-"""Every default lives here, one comment each. Precedence: defaults < --config TOML < flags."""
+"""Every default lives here, one comment each, and every rule a value must meet.
+
+Precedence: defaults < --config TOML < flags. The same rules check flags, --config files and the configs stored
+in checkpoints, each naming the value's source: `--lr`, `--config FILE: lr`, `FILE: model.num_layers`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +16,13 @@ from charrnn.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+ENCODING_ERRORS = ("strict", "replace", "skip")
+MAX_WIDTH = 1 << 16  # largest --hidden-size / --embed-size: bounds what a file or a typo can ask to allocate
+MAX_LAYERS = 64  # largest --num-layers
+MAX_PARAMS = 1 << 31  # largest model, in parameters (8 GiB of fp32 weights, four times that while training)
+MAX_VOCAB = 0x110000  # every Unicode code point
+MAX_SEED = (1 << 64) - 1  # torch generators take 64-bit seeds
+MAX_SAMPLES = 10_000  # largest --num-samples: one batch, its state held at once
 
 
 @dataclass
@@ -22,14 +34,8 @@ class ModelConfig:
     num_layers: int = 2  # stacked recurrent layers
     dropout: float = 0.1  # between recurrent layers and before the output layer
 
-    def validate(self) -> None:
-        if self.cell not in CELLS:
-            raise UsageError(f"--cell must be one of {', '.join(CELLS)}, not {self.cell!r}")
-        for name in ("embed_size", "hidden_size", "num_layers"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise UsageError("--dropout must be in [0, 1)")
+    def validate(self, label: Callable[[str], str] | None = None) -> None:
+        check(dataclasses.asdict(self), label or flag, skip={"vocab_size"})
 
 
 @dataclass
@@ -51,25 +57,12 @@ class TrainConfig:
     max_nonfinite: int = 5  # consecutive non-finite losses/gradients (steps skipped) before giving up
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
     min_char_count: int = 0  # characters seen fewer times than this map to U+FFFD; 0 = off
+    encoding_errors: str = "strict"  # invalid UTF-8 in the corpus: strict (refuse) | replace (U+FFFD) | skip
     seed: int = 1337  # seeds torch so runs repeat
     device: str = "auto"  # auto: cuda, then mps, then cpu
 
-    def validate(self) -> None:
-        for name in ("batch_size", "seq_len", "eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.min_char_count < 0:
-            raise UsageError("--min-char-count must not be negative")
-        if not 0 < self.val_frac < 1:
-            raise UsageError("--val-frac must be between 0 and 1 (exclusive)")
-        if not 0 < self.lr <= 1e30 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise UsageError("--lr must be in (0, 1e30]; --grad-clip and --warmup-steps must not be negative")
-        for name in ("max_steps", "epochs", "minutes", "decay_steps", "save_every", "max_nonfinite"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be positive")
-        if self.device not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+    def validate(self, label: Callable[[str], str] | None = None) -> None:
+        check(dataclasses.asdict(self), label or flag)
 
     def budgeted(self) -> TrainConfig:
         """With no budget given, train for DEFAULT_STEPS."""
@@ -79,6 +72,73 @@ class TrainConfig:
 
 
 DEFAULT_STEPS = 2000  # budget when none of --max-steps/--epochs/--minutes is given
+
+
+def between(low: float, high: float) -> Callable[[float], bool]:
+    return lambda v: low <= v <= high  # NaN fails every comparison
+
+
+def one_of(names: tuple[str, ...]) -> tuple[Callable[[str], bool], str]:
+    return (lambda v: v in names), f"must be one of {', '.join(names)}"
+
+
+POSITIVE = (between(1, math.inf), "must be at least 1")
+FINITE_POSITIVE = (lambda v: 0 < v < math.inf, "must be a positive number")
+NOT_NEGATIVE = (between(0, math.inf), "must be >= 0")
+RULES: dict[str, tuple[Callable, str]] = {  # name: (test of a value, what the test asks)
+    "cell": one_of(CELLS),
+    "vocab_size": (between(1, MAX_VOCAB), f"must be from 1 to {MAX_VOCAB:,}"),
+    "embed_size": (between(1, MAX_WIDTH), f"must be from 1 to {MAX_WIDTH:,}"),
+    "hidden_size": (between(1, MAX_WIDTH), f"must be from 1 to {MAX_WIDTH:,}"),
+    "num_layers": (between(1, MAX_LAYERS), f"must be from 1 to {MAX_LAYERS}"),
+    "dropout": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "batch_size": POSITIVE,
+    "seq_len": POSITIVE,
+    "lr": (lambda v: 0 < v <= 10, "must be a number in (0, 10]"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    "warmup_steps": NOT_NEGATIVE,
+    "min_lr_frac": (between(0, 1), "must be in [0, 1]"),
+    "grad_clip": (lambda v: 0 <= v < math.inf, "must be a finite number >= 0 (0 = off)"),
+    "max_steps": POSITIVE,
+    "epochs": FINITE_POSITIVE,
+    "minutes": FINITE_POSITIVE,
+    "decay_steps": POSITIVE,
+    "eval_every": POSITIVE,
+    "log_every": POSITIVE,
+    "save_every": POSITIVE,
+    "max_nonfinite": POSITIVE,
+    "val_frac": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
+    "min_char_count": NOT_NEGATIVE,
+    "encoding_errors": one_of(ENCODING_ERRORS),
+    "seed": (between(0, MAX_SEED), f"must be an integer from 0 to 2**64 - 1 ({MAX_SEED})"),
+    "device": one_of(DEVICES),
+}
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def check(values: dict, label: Callable[[str], str], skip: set[str] = frozenset(),
+          error: type[Exception] = UsageError) -> None:
+    """Raise error naming the first value that breaks its rule (None means "not set" and passes)."""
+    for key, value in values.items():
+        test, rule = RULES[key]
+        if key not in skip and value is not None and not test(value):
+            raise error(f"{label(key)} {rule}, not {value!r}")
+
+
+def typed(data: dict, keys: set[str], label: Callable[[str], str], error: type[Exception] = UsageError) -> dict:
+    """data (from a TOML file or a checkpoint) with its keys and value types checked against the configs."""
+    unknown = sorted(k for k in data if k not in keys)
+    if unknown:
+        raise error(f"{label(unknown[0])} is not a setting charrnn knows")
+    for key, value in data.items():
+        accepted, noun = TYPES[FIELD_TYPES[key]]
+        optional = "None" in FIELD_TYPE_TEXT[key] and value is None
+        if not optional and (isinstance(value, bool) or not isinstance(value, accepted)):
+            raise error(f"{label(key)} must be {noun}, not {value!r}")
+    return data
 
 
 def from_toml(path: Path) -> dict:
@@ -91,26 +151,26 @@ def from_toml(path: Path) -> dict:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise UsageError(f"cannot read --config {path}: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"--config {path} is not valid TOML: {e}") from None
     tables = [data.pop(name, {}) for name in ("model", "train")]
     if not all(isinstance(t, dict) for t in tables):
         raise UsageError(f"--config {path}: [model] and [train] must be tables")
     flat = {k.replace("-", "_"): v for k, v in {**tables[0], **tables[1], **data}.items()}
-    unknown = sorted(k for k in flat if k not in (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"})
-    if unknown:
-        raise UsageError(f"--config {path}: unknown key(s) {', '.join(unknown)}; see charrnn train --help")
-    for key, value in flat.items():
-        accepted, noun = TOML_TYPES[FIELD_TYPES[key]]
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise UsageError(f"--config {path}: {key} must be {noun}, not {value!r}")
+
+    def label(key: str) -> str:
+        return f"--config {path}: {key}"
+
+    typed(flat, (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"}, label)
+    check(flat, label)
     return flat
 
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
-TOML_TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
-FIELD_TYPES = {f.name: f.type.split(" |")[0] for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)}
+TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
+FIELD_TYPE_TEXT = {f.name: f.type for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)}
+FIELD_TYPES = {name: text.split(" |")[0] for name, text in FIELD_TYPE_TEXT.items()}
 BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
              "max_nonfinite", "device"}  # may change on --resume without breaking exact continuation
@@ -147,7 +207,7 @@ class SampleConfig:
     seed: int | None = None  # same checkpoint + same seed -> same text
     num_samples: int = 1  # N samples generated together as one batch
     separator: str = "\n\n"  # written between samples: a blank line
-    stop: str = ""  # a sample ends once it has emitted this string (included); "" = only --length
+    stop: str | None = None  # a sample ends once it has emitted this string (included); None = only --length
 
     def validate(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
@@ -158,8 +218,12 @@ class SampleConfig:
             raise UsageError(f"--top-k must be >= 0 (0 = off), not {self.top_k}")
         if not 0 < self.top_p <= 1:  # also rejects NaN
             raise UsageError(f"--top-p must be in (0, 1] (1 = off), not {self.top_p}")
-        if self.num_samples < 1:
-            raise UsageError(f"--num-samples must be at least 1, not {self.num_samples}")
+        if not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise UsageError(f"--num-samples must be from 1 to {MAX_SAMPLES:,}, not {self.num_samples}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1 ({MAX_SEED}), not {self.seed}")
+        if self.stop == "":
+            raise UsageError("--stop needs at least one character (leave it out to stop at --length only)")
         if self.length == 0 and self.num_samples > 1 and not self.stop:
             raise UsageError("--length 0 (endless) with --num-samples > 1 needs --stop: "
                              "otherwise only the first sample would ever be written")

@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import os
+import sys
 from collections.abc import Callable
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, highlight=False)
+
+class Stderr(io.TextIOBase):
+    """sys.stderr (looked up at each write, as tests swap it) that falls silent once its reader has gone
+    (charrnn train ... 2>&1 | head): losing the progress lines must never stop a training run."""
+
+    gone = False
+
+    def write(self, text: str) -> int:
+        if not self.gone and sys.stderr is not None:
+            try:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            except OSError:
+                self.gone = True
+                with contextlib.suppress(OSError, ValueError):
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # nothing left to flush at exit
+        return len(text)
+
+    def isatty(self) -> bool:
+        return not self.gone and sys.stderr is not None and sys.stderr.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+console = Console(file=Stderr(), highlight=False)
 LN2 = math.log(2)
 
 
@@ -23,6 +53,13 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     console.print(escape(message), soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """An informational line that only a person at a terminal needs (sample's and score's 'using FILE'):
+    in a script, stderr stays empty unless something is wrong."""
+    if console.is_terminal:
+        info(message)
 
 
 def nats_bits(nats: float) -> str:

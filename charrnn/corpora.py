@@ -40,7 +40,7 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 
 def write_shakespeare(out: Path, url: str | None = None) -> int:
     """Download tiny Shakespeare and verify its checksum; returns its characters. A failure leaves out as it was."""
-    download.fetch(url or SHAKESPEARE_URL, out, SHAKESPEARE_SHA256)
+    download.fetch(url or SHAKESPEARE_URL, out, SHAKESPEARE_SHA256, default=SHAKESPEARE_URL)
     return len(out.read_text(encoding="utf-8"))
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import idcache
-from charrnn.console import info
+from charrnn.console import info, warn
 from charrnn.errors import CharrnnError
-from charrnn.sources import BINARY_SNIFF, STDIN, Inputs, Source, binary_file, not_utf8, open_input
+from charrnn.sources import BINARY_SNIFF, STDIN, BadBytes, Inputs, Source, count_skipped, not_text, not_utf8, open_input
 from charrnn.vocab import REPLACEMENT, Vocab
 
 CHUNK = 256 << 10  # bytes read at a time; measured fastest (bench/corpus.py): a chunk's arrays stay in CPU cache
@@ -46,35 +46,43 @@ class Corpus:
         return self.ids[: len(self.ids) - n_val], self.ids[len(self.ids) - n_val :]
 
 
-def decode(name: str, data: bytes) -> str:
-    """UTF-8 bytes held in memory -> text; binary data and invalid UTF-8 are errors naming where."""
-    if b"\x00" in data[:BINARY_SNIFF]:
-        raise binary_file(name, data.index(0))
+def decode(name: str, data: bytes, errors: str = "strict", flag: bool = True) -> str:
+    """UTF-8 bytes held in memory -> text; binary or UTF-16/32 data is an error naming it, and so is invalid
+    UTF-8 unless errors (--encoding-errors) is replace or skip, which warns with the count instead.
+    flag: whether the strict error may suggest --encoding-errors (the command has it)."""
+    problem = not_text(name, data[:BINARY_SNIFF])
+    if problem is not None:
+        raise problem[1]
+    bad = BadBytes(errors)
+    bad.label = name
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8", bad.handler)
     except UnicodeDecodeError as e:
-        raise not_utf8(name, data[e.start], e.start) from None
+        raise not_utf8(name, data[e.start], e.start, flag=flag) from None
+    if bad.count:
+        warn(bad.report())
     return text[1:] if text.startswith("\ufeff") else text
 
 
-def read_text(source: str) -> tuple[str, str]:
+def read_text(source: str, errors: str = "strict", flag: bool = True) -> tuple[str, str]:
     """(name, text) of one whole file, or of stdin for '-': for primes and scoring, not corpora."""
     name = "stdin" if source == STDIN else source
     with open_input(source) as f:
-        return name, decode(name, f.read())
+        return name, decode(name, f.read(), errors, flag)
 
 
 Chunk = bytes | np.ndarray  # a pure-ASCII chunk as its bytes (bytes are code points), else (n,) uint32 code points
 
 
-def file_chunks(source: Source, chunk_size: int, on_bytes: Callable[[bytes], None] | None = None
-                ) -> Iterator[Chunk]:
-    """One file's characters, chunk by chunk; a leading BOM dropped.
+def file_chunks(source: Source, chunk_size: int, bad: BadBytes,
+                on_bytes: Callable[[bytes], None] | None = None) -> Iterator[Chunk]:
+    """One file's characters, chunk by chunk; a leading BOM dropped; invalid bytes as bad's mode says.
 
     A character split across two reads waits in the decoder for its remaining bytes. Pure-ASCII reads skip
     decoding altogether (the common case for source code), and are passed on as bytes for bytes.translate.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    decoder = codecs.getincrementaldecoder("utf-8")(bad.handler)
+    bad.label = source.label
     offset, started = 0, False  # bytes read so far; whether the first character (a possible BOM) was seen
     with open(source.path, "rb") as f:
         while True:
@@ -84,6 +92,7 @@ def file_chunks(source: Source, chunk_size: int, on_bytes: Callable[[bytes], Non
             pending = decoder.getstate()[0]  # bytes of an unfinished character from the previous read
             chunk: Chunk = data
             if pending or not data.isascii():
+                bad.base = offset - len(pending)
                 try:
                     text = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as e:
@@ -98,13 +107,14 @@ def file_chunks(source: Source, chunk_size: int, on_bytes: Callable[[bytes], Non
                 return
 
 
-def joined_chunks(sources: list[Source], chunk_size: int, digests: list | None = None) -> Iterator[Chunk]:
+def joined_chunks(sources: list[Source], chunk_size: int, bad: BadBytes,
+                  digests: list | None = None) -> Iterator[Chunk]:
     """The characters of every input in order, with a newline between files that lack a final one."""
     last = None  # the last code point yielded
     for source in sources:
         digest = hashlib.sha256()
         first = True
-        for chunk in file_chunks(source, chunk_size, digest.update if digests is not None else None):
+        for chunk in file_chunks(source, chunk_size, bad, digest.update if digests is not None else None):
             if first and last is not None and last != NEWLINE:
                 yield bytes([NEWLINE])
             first, last = False, int(chunk[-1])
@@ -166,11 +176,12 @@ class Tally:
         return self.counts if self.exact else self.known.astype(np.int64)
 
 
-def count_chars(sources: list[Source], chunk_size: int, exact: bool = True) -> tuple[np.ndarray, int, str]:
+def count_chars(sources: list[Source], chunk_size: int, bad: BadBytes,
+                exact: bool = True) -> tuple[np.ndarray, int, str]:
     """Pass 1: (CODE_SPACE,) occurrences (exact, or 1 for each character seen), characters, fingerprint."""
     tally = Tally(exact)
     digests: list[str] = []
-    for chunk in joined_chunks(sources, chunk_size, digests):
+    for chunk in joined_chunks(sources, chunk_size, bad, digests):
         tally.add(chunk)
     return tally.result(), tally.n, combine(digests)
 
@@ -189,11 +200,12 @@ def make_vocab(counts: np.ndarray, min_count: int) -> tuple[Vocab, np.ndarray, i
     return vocab, lut, len(rare)
 
 
-def encode_to(sources: list[Source], lut: np.ndarray, writer: idcache.IdsWriter, chunk_size: int) -> int:
+def encode_to(sources: list[Source], lut: np.ndarray, writer: idcache.IdsWriter, chunk_size: int,
+              errors: str) -> int:
     """Pass 2: write every character's id (a table lookup per chunk); returns the number of characters."""
     table = lut[:256].tobytes() if lut.dtype == np.uint8 else None  # byte -> id, for bytes.translate
     n = 0
-    for chunk in joined_chunks(sources, chunk_size):
+    for chunk in joined_chunks(sources, chunk_size, BadBytes(errors)):
         if isinstance(chunk, bytes) and table is not None:
             writer.write_bytes(chunk.translate(table))  # ASCII chunk, uint8 ids: C speed
         elif isinstance(chunk, bytes):
@@ -204,15 +216,17 @@ def encode_to(sources: list[Source], lut: np.ndarray, writer: idcache.IdsWriter,
     return n
 
 
-def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: int, chunk_size: int) -> dict:
+def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: int, errors: str,
+            chunk_size: int) -> dict:
     """Both passes into the cache entry; returns its metadata."""
     stats = idcache.stat_key(sources)
-    counts, n, fp = count_chars(sources, chunk_size, exact=min_count > 1)
+    bad = BadBytes(errors)
+    counts, n, fp = count_chars(sources, chunk_size, bad, exact=min_count > 1)
     if n == 0:
         raise CharrnnError(f"{name} is empty; give a text file with some characters in it")
     vocab, lut, n_rare = make_vocab(counts, min_count)
     with entry.writer() as writer:
-        written = encode_to(sources, lut, writer, chunk_size)
+        written = encode_to(sources, lut, writer, chunk_size, errors)
     if written != n or idcache.stat_key(sources) != stats:
         writer.path.unlink(missing_ok=True)
         raise CharrnnError(f"{name} changed while it was being read; run again once it is finished")
@@ -220,17 +234,19 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
         replaced = int(counts[(counts > 0) & (counts < min_count)].sum())
         info(f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} ({plural(replaced, 'occurrence')})"
              f" map to {REPLACEMENT} (U+FFFD)")
-    meta = {"inputs": stats, "min_char_count": min_count, "fingerprint": fp, "n": n,
-            "dtype": np.dtype(vocab.id_dtype).name, "vocab": vocab.chars}
+    meta = {"inputs": stats, "min_char_count": min_count, "encoding_errors": errors, "bad_bytes": bad.report(),
+            "fingerprint": fp, "n": n, "dtype": np.dtype(vocab.id_dtype).name, "vocab": vocab.chars}
     entry.store(meta, writer.path)
     return meta
 
 
-def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = CHUNK) -> Corpus:
-    """Encode the inputs (or reuse their cached ids) and map the ids into memory."""
-    if inputs.skipped_binary:
-        info(f"skipped {plural(inputs.skipped_binary, 'binary file')}")
-    entry = idcache.Entry(cache_dir, inputs.sources, min_count)
+def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "strict",
+         chunk_size: int = CHUNK) -> Corpus:
+    """Encode the inputs (or reuse their cached ids) and map the ids into memory. errors: --encoding-errors."""
+    if inputs.skipped:
+        info(f"skipped {count_skipped(inputs.skipped)}")
+    idcache.remove_stale_parts(cache_dir)
+    entry = idcache.Entry(cache_dir, inputs.sources, min_count, errors)
     try:
         meta = entry.candidate(idcache.stat_key(inputs.sources))
         if meta is not None and meta["fingerprint"] == fingerprint(inputs.sources, chunk_size):
@@ -238,7 +254,7 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = 
         else:
             why = "inputs changed" if entry.meta_path.exists() else "no cache yet"
             start = time.monotonic()
-            meta = prepare(entry, inputs.sources, inputs.name, min_count, chunk_size)
+            meta = prepare(entry, inputs.sources, inputs.name, min_count, errors, chunk_size)
             size, seconds = sum(row[1] for row in meta["inputs"]) / 1e6, time.monotonic() - start
             rate = f", {size / seconds:,.0f} MB/s" if seconds >= 0.1 else ""
             note = (f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
@@ -247,6 +263,8 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, chunk_size: int = 
         raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
     finally:
         inputs.close()
+    if meta.get("bad_bytes"):
+        warn(meta["bad_bytes"])
     return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], note)
 
 

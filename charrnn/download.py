@@ -19,8 +19,9 @@ def by_hand(url: str, out: Path, sha256: str) -> str:
     return f"fetch it by hand: curl -fL -o {out} {url} && sha256sum {out} (expect {sha256})"
 
 
-def fetch(url: str, out: Path, sha256: str) -> None:
-    """Download url to out; out appears only once the whole file is there and its SHA-256 matches."""
+def fetch(url: str, out: Path, sha256: str, default: str | None = None) -> None:
+    """Download url to out; out appears only once the whole file is there and its SHA-256 matches.
+    default: the corpus's usual address, suggested when another url sends the wrong file."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(out) as f:
@@ -30,8 +31,12 @@ def fetch(url: str, out: Path, sha256: str) -> None:
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e)
                 raise CharrnnError(f"cannot download {url} ({reason}); {by_hand(url, out, sha256)}") from None
             if digest != sha256:
+                fix = by_hand(url, out, sha256)
+                if default and url != default:
+                    fix = "this --url serves another file: leave --url out to use the default source, or " + by_hand(
+                        default, out, sha256)
                 raise CharrnnError(f"{url} sent a file whose SHA-256 is {digest[:16]}..., not the expected "
-                                   f"{sha256[:16]}...; nothing was written; {by_hand(url, out, sha256)}")
+                                   f"{sha256[:16]}...; nothing was written; {fix}")
     except OSError as e:
         raise CharrnnError(f"cannot write {out}: {e.strerror}; choose another -o PATH") from None
 

@@ -1,6 +1,7 @@
 """The id cache: a corpus's character ids on disk, memory-mapped for training, reused while its inputs hold still.
 
-An entry is two files in the cache directory, named by a hash of the input paths and --min-char-count:
+An entry is two files in the cache directory, named by a hash of the input paths, --min-char-count and
+--encoding-errors:
 KEY.ids (raw ids, uint8/uint16/uint32) and KEY.json (the vocab, the id count and dtype, and what the ids were
 made from: every input's size and modification time and the content fingerprint). One input list has one entry,
 so editing a corpus replaces its entry instead of piling up stale ones. An entry is reused only when the sizes
@@ -12,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from charrnn.atomic import replacing
+from charrnn.atomic import remove_stale, replacing, temp_file
 from charrnn.errors import CharrnnError
 from charrnn.sources import Source
 
@@ -33,10 +33,17 @@ def stat_key(sources: list[Source]) -> list[list]:
     return rows
 
 
+def remove_stale_parts(directory: Path) -> None:
+    """Temporary ids files and stdin spools whose writers were killed (concurrent runs' own are kept)."""
+    if directory.is_dir():
+        remove_stale(directory, "*.part")
+        remove_stale(directory, ".*.tmp")
+
+
 class Entry:
-    def __init__(self, directory: Path, sources: list[Source], min_count: int):
-        self.directory, self.min_count = directory, min_count
-        key = json.dumps([FORMAT, [s.key for s in sources], min_count])
+    def __init__(self, directory: Path, sources: list[Source], min_count: int, errors: str = "strict"):
+        self.directory, self.min_count, self.errors = directory, min_count, errors
+        key = json.dumps([FORMAT, [s.key for s in sources], min_count] + ([errors] if errors != "strict" else []))
         stem = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.ids_path, self.meta_path = directory / f"{stem}.ids", directory / f"{stem}.json"
 
@@ -45,7 +52,8 @@ class Entry:
         try:
             meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
             whole = self.ids_path.stat().st_size == meta["n"] * np.dtype(meta["dtype"]).itemsize
-            same = meta["format"] == FORMAT and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
+            same = (meta["format"] == FORMAT and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
+                    and meta.get("encoding_errors", "strict") == self.errors)
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return meta if whole and same else None
@@ -75,10 +83,10 @@ class IdsWriter:
         try:
             entry.directory.mkdir(parents=True, exist_ok=True)
             entry.meta_path.unlink(missing_ok=True)  # the old entry is no longer valid once rebuilding starts
-            fd, name = tempfile.mkstemp(prefix=entry.ids_path.stem + "-", suffix=".part", dir=entry.directory)
+            fd, self.path = temp_file(entry.directory, entry.ids_path.stem, ".part")
         except OSError as e:
             raise cache_error(entry.directory, e) from None
-        self.directory, self.path = entry.directory, Path(name)
+        self.directory = entry.directory
         self.file = os.fdopen(fd, "wb")
 
     def write(self, ids: np.ndarray) -> None:

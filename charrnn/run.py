@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,26 +18,51 @@ from charrnn.atomic import replacing
 from charrnn.checkpoint import BEST, LAST
 from charrnn.config import ModelConfig
 from charrnn.corpus import Corpus
-from charrnn.errors import CharrnnError, CheckpointError
+from charrnn.errors import CharrnnError, CheckpointError, UsageError
 from charrnn.model import CharRNN
 from charrnn.train import Event, Progress, Trainer
 from charrnn.vocab import REPLACEMENT, Vocab
 
 METRICS = "metrics.jsonl"
+CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
 
 
-def claim(directory: Path, force: bool, resume: bool) -> None:
-    """Before any work: refuse to overwrite a run unless forced; create the directory; check it is writable."""
+def check_name(name: str) -> None:
+    """A run name is one plain path component, so OUT/RUN stays inside OUT and apart from OUT/.cache."""
+    if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
+        raise UsageError(f"--run {name!r} is not a plain name: give one directory name inside --out, "
+                         "without '/' and not starting with '.' (e.g. --run shakespeare-2)")
+
+
+def claim(directory: Path, force: bool, resume: bool) -> list[Path]:
+    """Before any work: refuse to overwrite a run unless forced; create the directory; check it is writable.
+    Returns the directories this created (for release), deepest first."""
     if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
         raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
                            "continue it with --resume, or pass --force to overwrite it")
+    created = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as e:
+        release(directory, created)
         raise CharrnnError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
     checkpoint.clean_temp(directory)
+    return created
+
+
+def release(directory: Path, created: list[Path]) -> None:
+    """After a failed train: the directories it created go again, with the metrics of a run that never
+    saved a checkpoint (and the corpus cache, when OUT itself is new); anything else stays."""
+    if directory in created and not (directory / LAST).exists():
+        with contextlib.suppress(OSError):
+            (directory / METRICS).unlink()
+    if directory.parent in created:  # OUT is this command's own, and so is the corpus cache in it
+        shutil.rmtree(directory.parent / CACHE_DIR, ignore_errors=True)
+    for d in created:
+        with contextlib.suppress(OSError):
+            d.rmdir()  # only if empty
 
 
 def clear(directory: Path) -> None:
@@ -82,6 +109,7 @@ class Recorder:
         progress["best_val"] = progress["best_val"] if math.isfinite(progress["best_val"]) else None
         return {"model": dataclasses.asdict(t.model.cfg), "train": dataclasses.asdict(t.cfg),
                 "vocab": self.corpus.vocab.chars, "progress": progress,
+                "epoch": t.progress.epoch + t.progress.window / len(t.train),
                 "corpus": {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint}}
 
     def save(self, name: str, full: bool) -> None:
@@ -128,8 +156,11 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict) -> N
     """Put a trainer back exactly where last.safetensors left it."""
     try:
         trainer.model.load_state_dict(checkpoint.split(tensors, "model"))
-        checkpoint.unpack_optimizer(trainer.optimizer, tensors, meta["optim_groups"])
-        trainer.state = tuple(tensors[f"state.{i}"].to(trainer.device) for i in range(len(trainer.state)))
+        checkpoint.unpack_optimizer(trainer.optimizer, tensors)
+        state = tuple(tensors[f"state.{i}"] for i in range(len(trainer.state)))
+        if any(s.shape != t.shape or not s.is_floating_point() for s, t in zip(state, trainer.state, strict=True)):
+            raise ValueError("the carried state does not fit the model and --batch-size")
+        trainer.state = tuple(s.to(trainer.device, torch.float32) for s in state)
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and trainer.device.type == "cuda":
             torch.cuda.set_rng_state_all(list(tensors["rng.cuda"]))
@@ -147,16 +178,17 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
 
     The model is built on the meta device and takes the file's tensors, so a file whose config
     disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
-    tensors, meta = checkpoint.load(path)
-    try:
-        folds = meta.get("train", {}).get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
-        vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
-        cfg = ModelConfig(**meta["model"])
-        cfg.validate()
-        with torch.device("meta"):
-            model = CharRNN(cfg)
-        model.load_state_dict(checkpoint.split(tensors, "model"), assign=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, CharrnnError) as e:
-        raise CheckpointError(f"{path} is missing or has malformed entries ({type(e).__name__}); "
-                              "it was not written by this charrnn") from None
+    tensors, meta = checkpoint.load(path)  # metadata checked: types, sizes within bounds, vocab size
+    folds = meta["train"].get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
+    vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
+    with torch.device("meta"):
+        model = CharRNN(ModelConfig(**meta["model"]))
+    weights = checkpoint.split(tensors, "model")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if v.is_floating_point()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | weights.keys() if expected.get(k) != found.get(k))
+        raise CheckpointError(f"{path}: tensor model.{wrong[0]} is missing or does not fit the model its metadata "
+                              "describes; it was not written by this charrnn")
+    model.load_state_dict({k: v.float() for k, v in weights.items()}, assign=True)
     return model.to(device).eval(), vocab, meta

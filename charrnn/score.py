@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.batches import evaluation_streams
+from charrnn.console import warn
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
 from charrnn.model import CharRNN
-from charrnn.sources import BINARY_SNIFF, STDIN, binary_file, not_utf8, open_input
+from charrnn.sources import BINARY_SNIFF, STDIN, BadBytes, binary_file, not_text, not_utf8, open_input
 from charrnn.train import evaluate
 from charrnn.vocab import Vocab
 
@@ -24,7 +25,7 @@ LN2 = math.log(2)
 class Score:
     nats_per_char: float  # mean cross-entropy of the scored characters
     scored: int  # characters whose prediction counts in the mean
-    chars: int  # characters in the text, out-of-vocabulary ones included
+    chars: int  # characters in the text, out-of-vocabulary ones included: scored + context + oov
     oov: int  # characters outside the model's vocabulary: skipped, not scored
     oov_chars: list[str]  # those characters, sorted, each once
 
@@ -36,10 +37,15 @@ class Score:
     def perplexity(self) -> float:
         return math.exp(self.nats_per_char)
 
+    @property
+    def context(self) -> int:
+        """Characters read but not predicted: the first one, which has nothing before it."""
+        return self.chars - self.scored - self.oov
+
     def as_dict(self) -> dict:
         return {"bits_per_char": self.bits_per_char, "nats_per_char": self.nats_per_char,
                 "perplexity": self.perplexity, "chars": self.chars, "scored": self.scored,
-                "oov": self.oov, "oov_chars": self.oov_chars}
+                "context": self.context, "oov": self.oov, "oov_chars": self.oov_chars}
 
 
 def drop_unknown(vocab: Vocab, text: str) -> tuple[str, list[str]]:
@@ -52,8 +58,7 @@ def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len
                device: torch.device) -> Score:
     """Mean loss over text in the layout of training's validation: min(B, (n-1)//T) contiguous streams,
     windows of T, state carried, so the validation split scores exactly its reported validation loss.
-
-    Every character but the first is predicted, except the (n-1) mod B' that do not fill the last stream."""
+    Every character but the first is predicted (train.evaluate)."""
     kept, unknown = drop_unknown(vocab, text)
     ids = vocab.encode(kept)  # (n,)
     if len(ids) < 2:
@@ -61,7 +66,7 @@ def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len
                            "scoring needs at least 2")
     streams = evaluation_streams(ids, batch_size, seq_len)
     nats = evaluate(model, streams, device)
-    return Score(nats, streams.batch_size * streams.stream_len, len(text), len(text) - len(kept), unknown)
+    return Score(nats, len(ids) - 1, len(text), len(text) - len(kept), unknown)
 
 
 @dataclass
@@ -94,17 +99,25 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
         yield LineScore(nats / LN2, len(y), text, unknown, len(line) - len(kept))
 
 
-def read_lines(source: str) -> Iterator[str]:
-    """UTF-8 lines of a file or of stdin ('-'), newline kept, each as soon as it arrives."""
+def read_lines(source: str, errors: str = "strict") -> Iterator[str]:
+    """UTF-8 lines of a file or of stdin ('-'), newline kept, each as soon as it arrives; invalid bytes as
+    errors (--encoding-errors) says, with a warning at the end."""
     name = "stdin" if source == STDIN else source
     offset = 0
+    bad = BadBytes(errors)
+    bad.label = name
     with open_input(source) as lines:
         for number, raw in enumerate(lines, 1):
+            if number == 1 and (problem := not_text(name, raw)):  # a UTF-16/32 byte-order mark, or binary
+                raise problem[1]
             if offset < BINARY_SNIFF and b"\x00" in raw:
                 raise binary_file(name, offset + raw.index(0))
+            bad.base = offset
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8", bad.handler)
             except UnicodeDecodeError as e:
                 raise not_utf8(name, raw[e.start], offset + e.start, f" (line {number})") from None
             offset += len(raw)
             yield line[1:] if number == 1 and line.startswith("\ufeff") else line
+    if bad.count:
+        warn(bad.report())

@@ -2,24 +2,31 @@
 
 Inputs are joined in a stable order: the arguments in the order given, each directory's files sorted by their
 path relative to it. A file reached twice is read once. Hidden files and directories (names starting with '.')
-inside a directory are not searched; binary files found there are skipped and counted, while a binary file named
-on the command line is an error.
+inside a directory are not searched, and counted; binary and UTF-16/32 files found there are skipped and counted,
+while such a file named on the command line is an error.
+
+Invalid UTF-8 is an error naming the file and byte offset, unless --encoding-errors replace (each invalid byte
+becomes U+FFFD) or skip (dropped) is given; then BadBytes counts them and remembers the first.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import fnmatch
 import os
+import shlex
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from charrnn.atomic import temp_file
 from charrnn.console import warn
 from charrnn.errors import CharrnnError, UsageError
 
 BINARY_SNIFF = 8000  # a NUL byte in this many leading bytes marks a binary file
+WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+             (b"\xfe\xff", "UTF-16"))  # byte-order marks of encodings that are not UTF-8, longest first
 SPOOL_CHUNK = 4 << 20  # bytes of stdin copied at a time while spooling
 STDIN = "-"
 
@@ -35,7 +42,7 @@ class Source:
 class Inputs:
     sources: list[Source]
     name: str  # the corpus's name in messages and checkpoints
-    skipped_binary: int = 0  # binary files found in directories and left out
+    skipped: dict[str, int] = field(default_factory=dict)  # files left out of directories, by kind: binary, ...
     spool: Path | None = field(default=None, repr=False)  # stdin's temporary copy; removed by close()
 
     def close(self) -> None:
@@ -44,11 +51,16 @@ class Inputs:
             self.spool = None
 
 
-def nul_offset(path: Path) -> int | None:
-    """Offset of the first NUL byte in the file's first BINARY_SNIFF bytes, or None for text."""
-    with open(path, "rb") as f:
-        offset = f.read(BINARY_SNIFF).find(b"\x00")
-    return None if offset < 0 else offset
+def not_text(name: str, head: bytes) -> tuple[str, CharrnnError] | None:
+    """Why a file that starts with head is not UTF-8 text, as (kind, error): kind 'UTF-16' or 'UTF-32' by a
+    byte-order mark, 'binary' by a NUL byte in the first BINARY_SNIFF bytes. None for text."""
+    for bom, encoding in WIDE_BOMS:
+        if head.startswith(bom):
+            return encoding, CharrnnError(
+                f"{name} is {encoding} text (byte-order mark {bom.hex(' ').upper()}), not UTF-8; convert it: "
+                f"iconv -f {encoding} -t UTF-8 {shlex.quote(name)} > converted.txt")
+    offset = head[:BINARY_SNIFF].find(b"\x00")
+    return ("binary", binary_file(name, offset)) if offset >= 0 else None
 
 
 def matches(relative: PurePosixPath, pattern: str | None) -> bool:
@@ -58,17 +70,19 @@ def matches(relative: PurePosixPath, pattern: str | None) -> bool:
     return relative.match(pattern) if "/" in pattern else fnmatch.fnmatchcase(relative.name, pattern)
 
 
-def walk(root: Path, pattern: str | None) -> list[Path]:
-    """The files under root (recursive, hidden entries and symlinked directories left out), sorted."""
-    found = []
+def walk(root: Path, pattern: str | None) -> tuple[list[Path], int]:
+    """(the files under root, sorted; hidden files and directories left out), the hidden entries left out.
+    Recursive; symlinked directories are not followed."""
+    found, hidden = [], 0
     for directory, dirs, files in os.walk(root, onerror=lambda e: _unreadable(e.filename, e)):
+        hidden += sum(name.startswith(".") for name in dirs + files)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             path = Path(directory, name)
             relative = PurePosixPath(path.relative_to(root).as_posix())
             if not name.startswith(".") and path.is_file() and matches(relative, pattern):
                 found.append((relative.as_posix(), path))
-    return [path for _, path in sorted(found)]
+    return [path for _, path in sorted(found)], hidden
 
 
 def _unreadable(name: str, e: OSError):
@@ -79,16 +93,51 @@ def binary_file(name: str, offset: int) -> CharrnnError:
     return CharrnnError(f"{name} looks like a binary file (NUL byte at offset {offset}); give a UTF-8 text file")
 
 
-def not_utf8(name: str, byte: int, offset: int, where: str = "") -> CharrnnError:
+def not_utf8(name: str, byte: int, offset: int, where: str = "", flag: bool = True) -> CharrnnError:
+    also = " or pass --encoding-errors replace (or skip)" if flag else ""
     return CharrnnError(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}{where}; "
-                        "re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+                        f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8){also}")
+
+
+class BadBytes:
+    """--encoding-errors replace|skip: a codec error handler that replaces (U+FFFD per byte) or drops invalid
+    bytes, counting them and remembering the first one's file and offset. Set label and base (the absolute
+    offset of the bytes being decoded) before each decode."""
+
+    def __init__(self, mode: str):
+        self.mode, self.count, self.first = mode, 0, ""
+        self.label, self.base = "", 0
+        self.handler = "strict" if mode == "strict" else f"charrnn-{mode}-{id(self)}"
+        if mode != "strict":
+            codecs.register_error(self.handler, self.handle)
+
+    def handle(self, e: UnicodeDecodeError) -> tuple[str, int]:
+        if not self.count:
+            self.first = f"{self.label} at byte offset {self.base + e.start}"
+        self.count += e.end - e.start
+        return ("\ufffd" if self.mode == "replace" else "") * (e.end - e.start), e.end
+
+    def report(self) -> str:
+        """The stderr line for what was replaced or skipped, or '' when every byte was valid UTF-8."""
+        if not self.count:
+            return ""
+        done = "replaced with U+FFFD" if self.mode == "replace" else "skipped"
+        return (f"{self.count:,} invalid UTF-8 byte{'s' * (self.count != 1)} {done} (--encoding-errors "
+                f"{self.mode}); the first in {self.first}")
+
+
+def stdin_bytes():
+    """stdin as bytes; a stdin the shell closed (<&-) is a usage error."""
+    if sys.stdin is None:
+        raise UsageError("stdin is closed; pipe text in (e.g. cat FILE | charrnn ...) or give a file")
+    return sys.stdin.buffer
 
 
 @contextlib.contextmanager
 def open_input(source: str):
     """A file's bytes, or stdin's for '-'; a missing or unreadable file is a one-line error."""
     if source == STDIN:
-        yield sys.stdin.buffer
+        yield stdin_bytes()
         return
     try:
         f = open(source, "rb")
@@ -102,43 +151,61 @@ def open_input(source: str):
 
 def spool_stdin(directory: Path) -> Path:
     """Copy stdin to a temporary file in directory as it streams in, a chunk at a time."""
+    stdin = stdin_bytes()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="stdin-", suffix=".part", dir=directory)
+        fd, path = temp_file(directory, "stdin", ".part")
     except OSError as e:
         raise CharrnnError(f"cannot keep stdin in {directory}: {e.strerror}; choose another --out") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            while chunk := sys.stdin.buffer.read(SPOOL_CHUNK):
+            while chunk := stdin.read(SPOOL_CHUNK):
                 f.write(chunk)
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
-    return Path(name)
+    return path
 
 
-def expand(arg: str, pattern: str | None) -> tuple[list[Path], int]:
-    """One non-stdin argument -> (its text files, binary files skipped)."""
+def expand(arg: str, pattern: str | None, skipped: dict[str, int]) -> list[Path]:
+    """One non-stdin argument -> its text files; what a directory's walk leaves out is added to skipped."""
     path = Path(arg)
     if path.is_dir():
-        files = walk(path, pattern)
-        text = [f for f in files if _sniff(f) is None]
+        files, hidden = walk(path, pattern)
+        text = []
+        for f in files:
+            problem = _sniff(f)
+            if problem is None:
+                text.append(f)
+            else:
+                skipped[problem[0]] = skipped.get(problem[0], 0) + 1
+        if hidden:
+            skipped["hidden"] = skipped.get("hidden", 0) + hidden
         if not text:
             glob = f" matching --glob {pattern!r}" if pattern else ""
-            raise CharrnnError(f"{arg} holds no text files{glob} ({len(files) - len(text)} binary skipped); "
-                               "point at a directory of UTF-8 text")
-        return text, len(files) - len(text)
+            raise CharrnnError(f"{arg} holds no UTF-8 text files{glob} (skipped: {count_skipped(skipped) or 'none'});"
+                               " point at a directory of UTF-8 text")
+        return text
     if not path.exists():
         raise CharrnnError(f"no such file or directory: {arg}; check the path (or use '-' to read stdin)")
-    offset = _sniff(path)
-    if offset is not None:
-        raise binary_file(arg, offset)
-    return [path], 0
+    problem = _sniff(path, arg)
+    if problem is not None:
+        raise problem[1]
+    return [path]
 
 
-def _sniff(path: Path) -> int | None:
+def count_skipped(skipped: dict[str, int]) -> str:
+    """'2 binary files, 1 UTF-16 file, 3 hidden files or directories'."""
+    order = ["binary", "UTF-16", "UTF-32", "hidden"]
+    return ", ".join(f"{n:,} {k} {'file' if n == 1 else 'files'}" if k != "hidden"
+                     else f"{n:,} hidden {'file or directory' if n == 1 else 'files or directories'}"
+                     for k, n in sorted(skipped.items(), key=lambda item: order.index(item[0])))
+
+
+def _sniff(path: Path, name: str | None = None) -> tuple[str, CharrnnError] | None:
     try:
-        return nul_offset(path)
+        with open(path, "rb") as f:
+            return not_text(name or str(path), f.read(BINARY_SNIFF))
     except OSError as e:
         raise CharrnnError(f"cannot read {path}: {e.strerror}") from None
 
@@ -159,9 +226,7 @@ def resolve(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
                 inputs.spool = spool_stdin(spool_dir)
                 inputs.sources.append(Source(inputs.spool, "stdin", "stdin"))
                 continue
-            files, skipped = expand(arg, pattern)
-            inputs.skipped_binary += skipped
-            for f in files:
+            for f in expand(arg, pattern, inputs.skipped):
                 if f.resolve() not in seen:
                     seen.add(f.resolve())
                     inputs.sources.append(Source(f, str(f), str(f.resolve())))
@@ -186,5 +251,7 @@ def corpus_name(args: list[str]) -> str:
 
 
 def run_name(args: list[str]) -> str:
-    """Default run name: the file's stem, 'stdin', the directory's name; several: 'FIRST-and-N-more'."""
-    return _stem(args[0]) if len(args) == 1 else f"{_stem(args[0])}-and-{len(args) - 1}-more"
+    """Default run name: the file's stem, 'stdin', the directory's name; several: 'FIRST-and-N-more'.
+    Leading dots are dropped (.bashrc -> bashrc): a run name never starts with one."""
+    name = _stem(args[0]) if len(args) == 1 else f"{_stem(args[0])}-and-{len(args) - 1}-more"
+    return name.lstrip(".") or "run"

@@ -51,13 +51,21 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: float, time_frac: float) -> 
 
 @torch.no_grad()
 def evaluate(model: CharRNN, streams: Streams, device: torch.device) -> float:
-    """Mean loss (nats per character) over every window of streams, state carried, no dropout."""
+    """Mean loss (nats per character) over every window of streams, state carried, no dropout, then over the
+    characters past the streams: every character but the first is predicted exactly once."""
     was_training = model.training
     model.eval()
     state, total, count = None, 0.0, 0
     for x, y in streams:
         with autocast(device):
             logits, state = model(x.to(device), state)  # (B, T, V)
+        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+        count += y.numel()
+    tail = streams.tail()
+    if tail is not None:  # the characters past the streams continue the last one, from its state
+        x, y = tail  # (1, R) each
+        with autocast(device):
+            logits, _ = model(x.to(device), tuple(s[:, -1:].contiguous() for s in state))  # (1, R, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         count += y.numel()
     model.train(was_training)

@@ -76,6 +76,7 @@ def test_wrong_checksum_leaves_nothing_behind(tmp_path, serve):
     digest = hashlib.sha256(impostor.read_bytes()).hexdigest()
     assert f"SHA-256 is {digest[:16]}" in lines[0] and "nothing was written" in lines[0]
     assert "fetch it by hand: curl -fL -o corpora/tinyshakespeare.txt" in lines[0] and SHAKESPEARE_SHA256 in lines[0]
+    assert "leave --url out to use the default source" in lines[0] and SHAKESPEARE_URL in lines[0]
     assert files_under(tmp_path / "corpora") == []
 
 

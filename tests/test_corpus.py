@@ -33,7 +33,7 @@ texts = st.text(alphabet=st.one_of(st.sampled_from(TRICKY), st.characters(blackl
 def prepare(paths: list[Path], chunk_size: int, min_count: int = 0, cache: Path | None = None) -> corpus.Corpus:
     """The real preparation path: resolve the inputs, both passes, the id cache, the memory map."""
     cache = cache or paths[0].parent / "cache"
-    return corpus.load(sources.resolve([str(p) for p in paths], None, cache), cache, min_count, chunk_size)
+    return corpus.load(sources.resolve([str(p) for p in paths], None, cache), cache, min_count, chunk_size=chunk_size)
 
 
 def joined(parts: list[str]) -> str:
@@ -166,7 +166,7 @@ def test_glob_filters_directory_files(tmp_path):
     assert [Path(s.label).name for s in sources.resolve([str(tmp_path / "src")], "sub/*", tmp_path).sources] \
         == ["a.txt", "z.c"]
     result = cli("train", tmp_path / "src", "--glob", "*.rs", *TINY)
-    assert result.exit_code == 1 and "holds no text files matching --glob '*.rs'" in result.stderr
+    assert result.exit_code == 1 and "holds no UTF-8 text files matching --glob '*.rs'" in result.stderr
     result = train_tiny(tmp_path / "src" / "b.txt", "--glob", "*.c", steps=1)
     assert "warning: --glob '*.c' filters the files of directories, and no directory was given" in result.stderr
 

@@ -110,11 +110,11 @@ def test_wrong_format_version_and_missing_keys(good, tmp_path):
     newer.write_bytes(save(tensors, {"charrnn": meta_json, "sha256": checkpoint.digest(meta_json, tensors)}))
     assert_refused(newer, "format 2")
     no_vocab = rewrite(good, tmp_path / "novocab.safetensors", lambda t, m: m.pop("vocab"))
-    assert_refused(no_vocab, "malformed")
+    assert_refused(no_vocab, "vocab is missing", "not written by this charrnn")
     no_weight = rewrite(good, tmp_path / "noweight.safetensors", lambda t, m: t.pop("model.head.weight"))
-    assert_refused(no_weight, "malformed")
+    assert_refused(no_weight, "model.head.weight is missing or does not fit")
     huge = rewrite(good, tmp_path / "huge.safetensors", lambda t, m: m["model"].update(hidden_size=10**9))
-    assert_refused(huge, "malformed")  # refused before a 10^9-unit model is allocated
+    assert_refused(huge, "model.hidden_size must be from 1 to 65,536, not 1000000000")  # before any allocation
 
 
 def test_directory_without_checkpoint(tmp_path):
