@@ -172,7 +172,7 @@ def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
         s = state.get(i, {})
         shapes = {"step": (), "exp_avg": param.shape, "exp_avg_sq": param.shape}
         if s.keys() != shapes.keys() or any(tuple(s[k].shape) != tuple(v) for k, v in shapes.items()):
-            raise ValueError(f"optimizer state {i} does not match parameter {i}")
+            raise ValueError(f"optimizer state optim.{i}.* does not match parameter {i}")
     if state.keys() != set(range(len(params))):
         raise ValueError("the optimizer state is for another model")
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})

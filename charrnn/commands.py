@@ -99,7 +99,7 @@ def abort_on_signals():
 
 def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, directory: Path) -> None:
     """Put the trainer where the run stopped; a run that already reached its budget is a usage error."""
-    run.restore(trainer, tensors, meta)
+    run.restore(trainer, tensors, meta, directory / LAST)
     if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
         trainer.progress.window = 0
     if trainer.progress.window >= len(trainer.train):

@@ -152,14 +152,15 @@ def read_last(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return checkpoint.load(directory / LAST)
 
 
-def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Put a trainer back exactly where last.safetensors left it."""
+def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
+    """Put a trainer back exactly where last.safetensors (path) left it; every tensor is checked first."""
+    weights = fitting_weights(path, trainer.model, tensors)
     try:
-        trainer.model.load_state_dict(checkpoint.split(tensors, "model"))
+        trainer.model.load_state_dict(weights)
         checkpoint.unpack_optimizer(trainer.optimizer, tensors)
         state = tuple(tensors[f"state.{i}"] for i in range(len(trainer.state)))
         if any(s.shape != t.shape or not s.is_floating_point() for s, t in zip(state, trainer.state, strict=True)):
-            raise ValueError("the carried state does not fit the model and --batch-size")
+            raise ValueError("the carried state (state.*) does not fit the model and --batch-size")
         trainer.state = tuple(s.to(trainer.device, torch.float32) for s in state)
         torch.set_rng_state(tensors["rng.torch"])
         if "rng.cuda" in tensors and trainer.device.type == "cuda":
@@ -170,7 +171,20 @@ def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict) -> N
         progress["best_val"] = math.inf if progress["best_val"] is None else progress["best_val"]
         trainer.progress = Progress(**progress)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"last.safetensors cannot be resumed from: {type(e).__name__} {e}"[:300]) from None
+        raise CheckpointError(f"{path} cannot be resumed from: {e}"[:300] + "; it was not written by this "
+                              "charrnn") from None
+
+
+def fitting_weights(path: Path, model: CharRNN, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The file's model.* tensors as float32, once each is known to be there with the model's shape."""
+    weights = checkpoint.split(tensors, "model")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if v.is_floating_point()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | weights.keys() if expected.get(k) != found.get(k))
+        raise CheckpointError(f"{path}: tensor model.{wrong[0]} is missing or does not fit the model its metadata "
+                              "describes; it was not written by this charrnn")
+    return {k: v.float() for k, v in weights.items()}
 
 
 def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
@@ -183,12 +197,5 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
     with torch.device("meta"):
         model = CharRNN(ModelConfig(**meta["model"]))
-    weights = checkpoint.split(tensors, "model")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items() if v.is_floating_point()}
-    if found != expected:
-        wrong = sorted(k for k in expected.keys() | weights.keys() if expected.get(k) != found.get(k))
-        raise CheckpointError(f"{path}: tensor model.{wrong[0]} is missing or does not fit the model its metadata "
-                              "describes; it was not written by this charrnn")
-    model.load_state_dict({k: v.float() for k, v in weights.items()}, assign=True)
+    model.load_state_dict(fitting_weights(path, model, tensors), assign=True)
     return model.to(device).eval(), vocab, meta
