@@ -79,6 +79,16 @@ def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def saved_step(path: Path) -> int | None:
+    """The training step a file charrnn wrote holds, read from its header alone; None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            return json.loads(json.loads(f.read(n))["__metadata__"]["charrnn"])["progress"]["step"]
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
+        return None
+
+
 SECTIONS = {"model": dict, "train": dict, "vocab": list, "progress": dict, "corpus": dict}
 NUMBER = (int, float)
 PROGRESS = {"step": int, "epoch": int, "window": int, "elapsed_s": NUMBER, "best_val": (*NUMBER, type(None)),

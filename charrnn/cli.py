@@ -112,6 +112,10 @@ def opt(kind: type, help: str):
 
 
 Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
+Threads = Annotated[int | None, typer.Option(help="CPU threads for torch. Default: the cores available to the "
+                                                  "process.")]
+Precision = Annotated[str, typer.Option(help="auto (bf16 where the device has native bf16, else fp32), fp32 or "
+                                             "bf16.")]
 Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
                                                    "last) or folder of runs (its newest). Default: the newest run "
                                                    "under ./checkpoints.")]
@@ -146,6 +150,9 @@ def train(
     val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
     seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
     device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
+    precision: opt(str, "auto (bf16 autocast where the device has native bf16, else fp32), fp32 or bf16; "
+                   "weights and optimizer state stay fp32. Default: auto.") = None,
+    threads: Threads = None,
     run: opt(str, "Run name. Default: the file's stem, stdin for -, or the directory's name.") = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
     config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
@@ -156,6 +163,9 @@ def train(
                                         "changed corpus.")] = False,
 ) -> None:
     """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
+    from charrnn.device import set_threads
+
+    set_threads(threads)
     flags = {k: v for k, v in locals().items() if k in settings.MODEL_KEYS | settings.TRAIN_KEYS and v is not None}
     settings.check(flags, settings.flag)
     given = {**(settings.from_toml(config) if config else {}), **flags}
@@ -224,6 +234,8 @@ def sample(
     seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
     = None,
     device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
 ) -> None:
     """Write generated text to stdout (UTF-8), streamed as it is made.
 
@@ -246,11 +258,14 @@ def sample(
                                 seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     cfg.validate()
     prime = flag_text("--prime", prime)
+    settings.check({"precision": precision}, settings.flag)
     stdout_open()
     from charrnn.commands import read_prime, sample_text
+    from charrnn.device import set_threads
 
+    set_threads(threads)
     cfg.prime = read_prime(prime, prime_file)
-    write_stream(sample_text(target, cfg, device))
+    write_stream(sample_text(target, cfg, device, precision))
 
 
 def stdout_open() -> None:
@@ -288,6 +303,8 @@ def score(
     = False,
     encoding_errors: EncodingErrors = "strict",
     device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
 ) -> None:
     """Score a text under a model: bits/char, nats/char, perplexity.
 
@@ -302,25 +319,27 @@ def score(
     or checkpoint, or stdout unwritable; 2: bad options or a closed
     stdin/stdout; 130: Ctrl-C.
     """
-    settings.check({"encoding_errors": encoding_errors}, settings.flag)
+    settings.check({"encoding_errors": encoding_errors, "precision": precision}, settings.flag)
     if file == "-" and sys.stdin is not None and sys.stdin.isatty():
         raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
     stdout_open()
     from charrnn.commands import score_each_line, score_report
+    from charrnn.device import set_threads
 
-    if per_line:
-        write_stream(score_each_line(file, checkpoint, device, json_, encoding_errors))
-    else:
-        write_stream([score_report(file, checkpoint, device, json_, encoding_errors) + "\n"])
+    set_threads(threads)
+    how = (file, checkpoint, device, precision, json_, encoding_errors)
+    write_stream(score_each_line(*how) if per_line else [score_report(*how) + "\n"])
 
 
 @app.command("info")
 @reports_errors
-def info_(checkpoint: Checkpoint = None) -> None:
+def info_(checkpoint: Checkpoint = None, threads: Threads = None) -> None:
     """Describe a checkpoint: model, vocabulary, training progress, best validation loss."""
     stdout_open()
     from charrnn.commands import describe
+    from charrnn.device import set_threads
 
+    set_threads(threads)
     write_stream([describe(checkpoint) + "\n"])
 
 

@@ -57,6 +57,10 @@ def train_run(inputs: list[str], glob: str | None, out: Path, name: str, given: 
     tensors, meta = run.read_last(directory) if resume else ({}, None)
     model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
     device = devices.pick(cfg.device)
+    cfg.precision = devices.precision(cfg.precision, device)  # the run stores what auto chose; resume keeps it
+    if meta and cfg.precision != meta["train"].get("precision", cfg.precision):
+        raise UsageError(f"{directory} trains in {meta['train']['precision']} and resume keeps it; leave out "
+                         "--precision")
     created = run.claim(directory, force, resume)
     try:
         with abort_on_signals():
@@ -116,7 +120,7 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
     model_cfg, cfg = trainer.model.cfg, trainer.cfg
     info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
-         f"{trainer.device}")
+         f"{trainer.device}, {cfg.precision}, {torch.get_num_threads()} threads")
     if len(text.vocab) == 1:
         warn(f"the corpus has a single distinct character ({text.vocab.chars[0]!r}): the model has nothing to learn")
     if cfg.warmup_steps > trainer.total_steps:
@@ -163,7 +167,7 @@ def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
     with torch.device("meta"):  # its size first, without allocating anything
-        size = num_params(CharRNN(model_cfg))
+        size = num_params(CharRNN(model_cfg, init=False))
     if size > MAX_PARAMS:
         raise UsageError(f"a {size:,}-parameter model is too large (at most {MAX_PARAMS:,}); lower --hidden-size, "
                          "--num-layers or --embed-size")
@@ -204,7 +208,7 @@ def stop_on_signals(trainer: Trainer):
 
 
 def load_chosen(target: Path | None, device_name: str, verb: str):
-    """(model, vocab, meta, device) of a checkpoint; says on stderr which file, unless a file was named."""
+    """(model, vocab, meta, device) of a checkpoint; says at a terminal which file, unless a file was named."""
     device = devices.pick(device_name)
     path = checkpoint.resolve(target)
     model, vocab, meta = run.load_model(path, device)
@@ -222,13 +226,14 @@ def read_prime(prime: str, prime_file: Path | None) -> str:
     return prime
 
 
-def sample_text(target: Path | None, cfg: SampleConfig, device_name: str) -> Iterator[str]:
+def sample_text(target: Path | None, cfg: SampleConfig, device_name: str, precision: str) -> Iterator[str]:
     """Yield the text of cfg.num_samples samples, each the prime then its continuation, separated."""
     model, vocab, _, device = load_chosen(target, device_name, "sampling from")
+    precision = devices.precision(precision, device)
     unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
-    events = generate_batch(model, vocab, cfg, cfg.seed, device)
+    events = generate_batch(model, vocab, cfg, cfg.seed, device, precision=precision)
     yield from in_order(events, cfg.num_samples, cfg.prime, cfg.separator)
 
 
@@ -237,12 +242,14 @@ def warn_unknown(unknown: list[str], count: int) -> None:
         warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")
 
 
-def score_report(source: str, target: Path | None, device_name: str, as_json: bool, errors: str) -> str:
+def score_report(source: str, target: Path | None, device_name: str, precision: str, as_json: bool,
+                 errors: str) -> str:
     """The score of a whole text, as aligned `name value` lines or as JSON."""
     model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
     _, text = corpus.read_text(source, errors)
     train_cfg = {**dataclasses.asdict(TrainConfig()), **meta["train"]}
-    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device)
+    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device,
+                        devices.precision(precision, device))
     warn_unknown(result.oov_chars, result.oov)
     report = result.as_dict()
     if as_json:
@@ -253,13 +260,13 @@ def score_report(source: str, target: Path | None, device_name: str, as_json: bo
     return "\n".join(f"{k:<14} {v:.4f}" if isinstance(v, float) else f"{k:<14} {v}" for k, v in report.items())
 
 
-def score_each_line(source: str, target: Path | None, device_name: str, as_json: bool,
+def score_each_line(source: str, target: Path | None, device_name: str, precision: str, as_json: bool,
                     errors: str) -> Iterator[str]:
     """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
     model, vocab, _, device = load_chosen(target, device_name, "scoring with")
     unknown: set[str] = set()
     count = 0
-    for s in score_lines(model, vocab, read_lines(source, errors), device):
+    for s in score_lines(model, vocab, read_lines(source, errors), device, devices.precision(precision, device)):
         unknown.update(s.unknown)
         count += s.oov
         if as_json:

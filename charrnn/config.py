@@ -16,6 +16,7 @@ from charrnn.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
 ENCODING_ERRORS = ("strict", "replace", "skip")
 MAX_WIDTH = 1 << 16  # largest --hidden-size / --embed-size: bounds what a file or a typo can ask to allocate
 MAX_LAYERS = 64  # largest --num-layers
@@ -60,6 +61,7 @@ class TrainConfig:
     encoding_errors: str = "strict"  # invalid UTF-8 in the corpus: strict (refuse) | replace (U+FFFD) | skip
     seed: int = 1337  # seeds torch so runs repeat
     device: str = "auto"  # auto: cuda, then mps, then cpu
+    precision: str = "auto"  # auto: bf16 where the device has native bf16, else fp32; a run stores what it chose
 
     def validate(self, label: Callable[[str], str] | None = None) -> None:
         check(dataclasses.asdict(self), label or flag)
@@ -112,6 +114,7 @@ RULES: dict[str, tuple[Callable, str]] = {  # name: (test of a value, what the t
     "encoding_errors": one_of(ENCODING_ERRORS),
     "seed": (between(0, MAX_SEED), f"must be an integer from 0 to 2**64 - 1 ({MAX_SEED})"),
     "device": one_of(DEVICES),
+    "precision": one_of(PRECISIONS),
 }
 
 
@@ -173,7 +176,8 @@ FIELD_TYPE_TEXT = {f.name: f.type for c in (ModelConfig, TrainConfig) for f in d
 FIELD_TYPES = {name: text.split(" |")[0] for name, text in FIELD_TYPE_TEXT.items()}
 BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
-             "max_nonfinite", "device"}  # may change on --resume without breaking exact continuation
+             "max_nonfinite", "device", "precision"}  # may change on --resume without breaking exact continuation
+# (precision only to a value that resolves to the run's own: see commands.train_run)
 
 
 def build(given: dict) -> tuple[ModelConfig, TrainConfig]:

@@ -20,23 +20,29 @@ class Stderr(io.TextIOBase):
 
     gone = False
 
+    @staticmethod
+    def target():
+        """sys.stderr itself, not the proxy a live progress bar puts in its place (that leads back here)."""
+        return getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+
     def write(self, text: str) -> int:
-        if not self.gone and sys.stderr is not None:
+        out = self.target()
+        if not self.gone and out is not None:
             try:
-                sys.stderr.write(text)
-                sys.stderr.flush()
+                out.write(text)
+                out.flush()
             except OSError:
                 self.gone = True
                 with contextlib.suppress(OSError, ValueError):
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # nothing left to flush at exit
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # nothing left to flush at exit
         return len(text)
 
     def isatty(self) -> bool:
-        return not self.gone and sys.stderr is not None and sys.stderr.isatty()
+        return not self.gone and self.target() is not None and self.target().isatty()
 
     @property
     def encoding(self) -> str:
-        return getattr(sys.stderr, "encoding", None) or "utf-8"
+        return getattr(self.target(), "encoding", None) or "utf-8"
 
 
 console = Console(file=Stderr(), highlight=False)

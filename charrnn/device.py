@@ -1,12 +1,15 @@
-"""Device choice, seeding and mixed precision."""
+"""Device choice, threads, seeding and precision."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import random
 
 import torch
 
+from charrnn.config import PRECISIONS
 from charrnn.errors import UsageError
 
 
@@ -20,13 +23,59 @@ def pick(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None) -> int:
+    """--threads: torch's intra-op threads; None = the cores available to the process."""
+    n = available_cores() if n is None else n
+    if not 1 <= n <= 4096:
+        raise UsageError(f"--threads must be from 1 to 4096, not {n}")
+    torch.set_num_threads(n)
+    return n
+
+
 def seed_all(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively (faster than fp32): CUDA GPUs that support bf16, CPUs with
+    avx512_bf16 or amx_bf16. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def precision(name: str, device: torch.device) -> str:
+    """--precision auto|fp32|bf16 -> fp32 or bf16; auto is bf16 where it is native."""
+    if name not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if name == "bf16" and device.type == "cpu" and not native_bf16(device):  # oneDNN's fused LSTM refuses it
+        raise UsageError("--precision bf16 on the CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use "
+                         "--precision fp32 (or auto)")
+    return name
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """bf16 autocast for matrix products (master weights and optimizer state stay fp32), or full precision."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -13,10 +13,13 @@ RNNS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class CharRNN(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, init: bool = True):
+        """init=False leaves the embedding uninitialised, for a model that a checkpoint fills (under the meta
+        device, its normal_ init would import torch._dynamo, seconds of start-up for nothing)."""
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+        empty = None if init else torch.empty(cfg.vocab_size, cfg.embed_size)  # (V, E)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_size, _weight=empty)
         self.rnn = RNNS[cfg.cell](
             cfg.embed_size,
             cfg.hidden_size,

@@ -133,9 +133,11 @@ class Recorder:
         self.saved_step = t.progress.step
 
     def last_good(self) -> str:
-        if self.saved_step is None:
+        """Names the checkpoint on disk (read back: a save interrupted after its rename is in place)."""
+        step = checkpoint.saved_step(self.directory / LAST)
+        if step is None:
             return "no checkpoint had been written yet"
-        return f"the last good checkpoint is {self.directory / LAST} (step {self.saved_step})"
+        return f"the last good checkpoint is {self.directory / LAST} (step {step})"
 
 
 def logged_by(row: str, trainer: Trainer) -> bool:
@@ -196,6 +198,6 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     folds = meta["train"].get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
     vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
     with torch.device("meta"):
-        model = CharRNN(ModelConfig(**meta["model"]))
+        model = CharRNN(ModelConfig(**meta["model"]), init=False)
     model.load_state_dict(fitting_weights(path, model, tensors), assign=True)
     return model.to(device).eval(), vocab, meta

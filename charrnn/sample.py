@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from charrnn.config import SampleConfig
+from charrnn.device import autocast
+from charrnn.fused import FusedStep, supported
 from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
 
@@ -35,16 +37,55 @@ def filtered_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, 
     return logp
 
 
-def pick(logits: torch.Tensor, cfg: SampleConfig, gen: torch.Generator) -> torch.Tensor:
-    """One id per row of logits (B, V) -> (B,): argmax at temperature 0, else a draw from the filtered softmax."""
+class Noise:
+    """Gumbel noise for every sample and every step, drawn from one generator in blocks of steps: both sampling
+    steps (the model's modules and the fused one) take the same random numbers, so they write the same text."""
+
+    def __init__(self, gen: torch.Generator, n: int, vocab_size: int):
+        self.gen, self.n, self.V = gen, n, vocab_size
+        self.block_steps = max(1, (1 << 18) // (n * vocab_size))  # bounds a block to about 1 MB
+        self.block, self.used = torch.empty(0, n, vocab_size), 0
+
+    def next(self) -> torch.Tensor:
+        """(n, V) Gumbel(0, 1) noise for this step."""
+        if self.used == len(self.block):
+            u = torch.rand(self.block_steps, self.n, self.V, generator=self.gen)  # (K, n, V) in [0, 1)
+            self.block, self.used = -torch.log(-torch.log(u)), 0
+        self.used += 1
+        return self.block[self.used - 1]
+
+
+def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
+    """One id per row of logits (B, V) -> (B,): argmax at temperature 0, else a draw from the filtered softmax,
+    made as argmax(log-probabilities + Gumbel noise (B, V))."""
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filtered_logprobs(logits, cfg.temperature, cfg.top_k, cfg.top_p).exp()  # (B, V)
-    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+    if cfg.top_k or cfg.top_p < 1:
+        return (filtered_logprobs(logits, cfg.temperature, cfg.top_k, cfg.top_p) + noise).argmax(dim=-1)
+    if cfg.temperature < 0.05:  # a tiny temperature: with the max at 0, dividing by it never overflows
+        logits = logits - logits.amax(dim=-1, keepdim=True)  # (B, V)
+    return torch.add(logits / cfg.temperature if cfg.temperature != 1 else logits, noise).argmax(dim=-1)
+
+
+class ModelStep:
+    """The straightforward sampling step: the model's own modules, one character at a time (the reference that
+    the fused step of fused.py must match)."""
+
+    def __init__(self, model: CharRNN, state: State, precision: str = "fp32"):
+        self.model, self.state, self.precision = model, state, precision
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B,) -> logits (B, V) of the next character."""
+        with autocast(ids.device, self.precision):
+            logits, self.state = self.model(ids[:, None], self.state)  # (B, 1, V)
+        return logits[:, -1].float()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.state = tuple(s.index_select(1, rows) for s in self.state)  # each (layers, B', H)
 
 
 def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
-            device: torch.device) -> tuple[torch.Tensor, State]:
+            device: torch.device, precision: str = "fp32") -> tuple[torch.Tensor, State]:
     """Logits (1, V) after the prime's known characters, and the state there.
 
     With no usable prime the model starts as if after a newline (or a random character)."""
@@ -55,43 +96,50 @@ def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
     ids = torch.from_numpy(vocab.encode(known).astype("int64"))[None].to(device)  # (1, P)
     state = None
     for t in range(0, ids.shape[1], PRIME_CHUNK):
-        logits, state = model(ids[:, t : t + PRIME_CHUNK], state)  # (1, <=PRIME_CHUNK, V)
-    return logits[:, -1], state
+        with autocast(device, precision):
+            logits, state = model(ids[:, t : t + PRIME_CHUNK], state)  # (1, <=PRIME_CHUNK, V)
+    return logits[:, -1].float(), tuple(s.float() for s in state)
 
 
 @torch.no_grad()
-def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int,
-                   device: torch.device) -> Iterator[Event]:
-    """Events of cfg.num_samples samples drawn together: one forward pass per step for every unfinished sample.
+def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
+                   fast: bool = True, precision: str = "fp32") -> Iterator[Event]:
+    """Events of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
+    fused (fused.py, fp32) when fast and the model allows it, else through the model's modules.
 
     A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
     finished samples leave the batch."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     n = cfg.num_samples
-    logits, state = warm_up(model, vocab, cfg.prime, gen, device)  # (1, V)
+    logits, state = warm_up(model, vocab, cfg.prime, gen, device, precision)  # (1, V)
     logits = logits.expand(n, -1)  # (N, V): every sample starts from the primed state
     state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # each (layers, N, H)
-    rows, tails, step = list(range(n)), [""] * n, 0  # rows[r]: the sample that batch row r belongs to
+    fused = fast and precision == "fp32" and supported(model)
+    step = FusedStep(model, state) if fused else ModelStep(model, state, precision)
+    noise = Noise(gen, n, len(vocab))
+    rows, tails, count = list(range(n)), [""] * n, 0  # rows[r]: the sample that batch row r belongs to
     while rows:
-        ids = pick(logits.float().cpu(), cfg, gen).tolist()  # (rows,)
-        step += 1
+        g = noise.next()  # (N, V)
+        ids = pick(logits.float().cpu(), g if len(rows) == n else g[rows], cfg)  # (rows,)
+        chosen = ids.tolist()
+        count += 1
         keep = []
         for r, i in enumerate(rows):
-            yield i, vocab.chars[ids[r]]
-            tails[i] = (tails[i] + vocab.chars[ids[r]])[-len(cfg.stop):] if cfg.stop else ""
-            if step == cfg.length or (cfg.stop and tails[i] == cfg.stop):
+            ch = vocab.chars[chosen[r]]
+            yield i, ch
+            tails[i] = (tails[i] + ch)[-len(cfg.stop):] if cfg.stop else ""
+            if count == cfg.length or (cfg.stop and tails[i] == cfg.stop):
                 yield i, None
             else:
                 keep.append(r)
         if not keep:
             return
-        rows = [rows[r] for r in keep]
-        index = torch.tensor(keep, device=device)  # (rows,)
-        state = tuple(s.index_select(1, index) for s in state)  # each (layers, rows, H)
-        x = torch.tensor([[ids[r]] for r in keep], device=device)  # (rows, 1)
-        logits, state = model(x, state)  # (rows, 1, V)
-        logits = logits[:, -1]  # (rows, V)
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=device)  # (rows',)
+            step.keep(index)
+            ids, rows = ids[keep], [rows[r] for r in keep]
+        logits = step(ids.to(device))  # (rows, V)
 
 
 def in_order(events: Iterable[Event], n: int, prime: str, separator: str) -> Iterator[str]:

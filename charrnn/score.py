@@ -55,7 +55,7 @@ def drop_unknown(vocab: Vocab, text: str) -> tuple[str, list[str]]:
 
 
 def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len: int,
-               device: torch.device) -> Score:
+               device: torch.device, precision: str = "fp32") -> Score:
     """Mean loss over text in the layout of training's validation: min(B, (n-1)//T) contiguous streams,
     windows of T, state carried, so the validation split scores exactly its reported validation loss.
     Every character but the first is predicted (train.evaluate)."""
@@ -65,7 +65,7 @@ def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len
         raise CharrnnError(f"nothing to score: the text has {len(ids)} character(s) in the model's vocabulary; "
                            "scoring needs at least 2")
     streams = evaluation_streams(ids, batch_size, seq_len)
-    nats = evaluate(model, streams, device)
+    nats = evaluate(model, streams, device, precision)
     return Score(nats, len(ids) - 1, len(text), len(text) - len(kept), unknown)
 
 
@@ -79,7 +79,8 @@ class LineScore:
 
 
 @torch.no_grad()
-def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device) -> Iterator[LineScore]:
+def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device,
+                precision: str = "fp32") -> Iterator[LineScore]:
     """Each line (newline included) scored on its own, as if it followed a newline: comparable across lines,
     independent of their order. Without a newline in the vocab a line's first character is context only."""
     model.eval()
@@ -93,7 +94,7 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
             continue
         x = torch.tensor([ids[:-1]], device=device)  # (1, T)
         y = torch.tensor(ids[1:], device=device)  # (T,)
-        with autocast(device):
+        with autocast(device, precision):
             logits, _ = model(x)  # (1, T, V)
         nats = F.cross_entropy(logits[0].float(), y, reduction="mean").item()
         yield LineScore(nats / LN2, len(y), text, unknown, len(line) - len(kept))

@@ -50,21 +50,21 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: float, time_frac: float) -> 
 
 
 @torch.no_grad()
-def evaluate(model: CharRNN, streams: Streams, device: torch.device) -> float:
+def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: str = "fp32") -> float:
     """Mean loss (nats per character) over every window of streams, state carried, no dropout, then over the
     characters past the streams: every character but the first is predicted exactly once."""
     was_training = model.training
     model.eval()
     state, total, count = None, 0.0, 0
     for x, y in streams:
-        with autocast(device):
+        with autocast(device, precision):
             logits, state = model(x.to(device), state)  # (B, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         count += y.numel()
     tail = streams.tail()
     if tail is not None:  # the characters past the streams continue the last one, from its state
         x, y = tail  # (1, R) each
-        with autocast(device):
+        with autocast(device, precision):
             logits, _ = model(x.to(device), tuple(s[:, -1:].contiguous() for s in state))  # (1, R, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         count += y.numel()
@@ -122,7 +122,7 @@ class Trainer:
         lr = lr_at(self.cfg, p.step, self.decay_steps, 0.0 if self.cfg.decay_steps else self.time_frac())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.device):
+        with autocast(self.device, self.cfg.precision):
             logits, state = self.model(x, self.state)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
@@ -146,7 +146,7 @@ class Trainer:
 
     def validate(self) -> None:
         p = self.progress
-        val = evaluate(self.model, self.val, self.device)
+        val = evaluate(self.model, self.val, self.device, self.cfg.precision)
         improved = val < p.best_val
         if improved:
             p.best_val, p.best_step = val, p.step

@@ -16,7 +16,9 @@ from charrnn.cli import app
 
 torch.set_num_threads(1)  # the suite runs on 2 cores; tiny models gain nothing from more threads
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
-TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16"]
+# Used only with `train`. --device cpu: bit-identity and exact-resume tests must never land on a GPU by accident.
+TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16",
+        "--device", "cpu"]
 
 
 def make_text(n_chars: int, seed: int = 0, alphabet: str = "abcdefgh ijk\n") -> str:
@@ -43,6 +45,26 @@ def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test runs in its own directory, so ./checkpoints is private to it."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory) -> Path:
+    """A directory holding tiny.txt and checkpoints/tiny: one tiny run (4 steps, saved at steps 2 and 4),
+    trained once per test module; tests copy it into their own directory."""
+    root = tmp_path_factory.mktemp("origin")
+    text = root / "tiny.txt"
+    text.write_text(make_text(6000), encoding="utf-8")
+    result = cli("train", text, *TINY, "--max-steps", "4", "--eval-every", "2", "--out", root / "checkpoints")
+    assert result.exit_code == 0, result.stderr
+    return root
+
+
+@pytest.fixture
+def terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """stderr counts as a terminal, as for a person at a shell: informational lines are shown."""
+    from charrnn.console import console
+
+    monkeypatch.setattr(console, "_force_terminal", True)
 
 
 def cli(*args: str, input: str | bytes | None = None):

@@ -15,23 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, cli, make_text, run_cli
+from conftest import TINY, cli, run_cli
 
 from charrnn import checkpoint
 
 VOCAB = 13  # distinct characters in make_text(6000)'s default alphabet: a-k, space, newline
 RESUME = [*TINY, "--max-steps", "8", "--eval-every", "2", "--resume"]  # the original run's flags, a larger budget
-
-
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory) -> Path:
-    """One tiny run (4 steps, saved at steps 2 and 4), trained once and copied into each test's directory."""
-    root = tmp_path_factory.mktemp("origin")
-    text = root / "tiny.txt"
-    text.write_text(make_text(6000), encoding="utf-8")
-    result = cli("train", text, *TINY, "--max-steps", "4", "--eval-every", "2", "--out", root / "checkpoints")
-    assert result.exit_code == 0, result.stderr
-    return root
 
 
 @pytest.fixture

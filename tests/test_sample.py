@@ -14,10 +14,11 @@ import pytest
 import torch
 from conftest import TINY, cli, make_text
 
+from charrnn import checkpoint
 from charrnn import device as devices
 from charrnn import run as runs
 from charrnn.config import SampleConfig
-from charrnn.sample import filtered_logprobs, generate_batch
+from charrnn.sample import PRIME_CHUNK, filtered_logprobs, generate_batch, in_order, warm_up
 
 UNI = "aé日🙂ßb \n"  # a corpus alphabet that is mostly outside ASCII
 
@@ -135,8 +136,10 @@ def test_num_samples_share_one_forward_pass_per_step(ckpt):
     batches = []
     model.register_forward_hook(lambda m, args, out: batches.append(args[0].shape))
     cfg = SampleConfig(length=10, num_samples=5, prime="ab")
-    events = list(generate_batch(model, vocab, cfg, 0, devices.pick("cpu")))
+    events = list(generate_batch(model, vocab, cfg, 0, devices.pick("cpu"), fast=False))
     assert batches == [(1, 2)] + [(5, 1)] * 9  # the prime once, then every sample in one batch per step
+    fused = list(generate_batch(model, vocab, cfg, 0, devices.pick("cpu")))
+    assert len(batches) == 11 and fused == events  # fused: the prime alone goes through the modules; same text
     assert sum(ch is None for _, ch in events) == 5 and len(events) == 5 * 11
 
 
@@ -149,6 +152,103 @@ def test_stop_ends_a_sample_at_its_first_occurrence(ckpt):
     assert sample(ckpt, "-n", "300", "-p", "ab ", "--stop", "\\n", "--seed", "4").endswith("\n")
     absent = sample(ckpt, "-n", "50", "--stop", "no such text", "--seed", "4")
     assert len(absent) == 50  # otherwise --length ends it
+
+
+def test_a_multi_character_stop_ends_at_its_first_whole_occurrence(ckpt):
+    gen = sample(ckpt, "-n", "300", "-p", "ab ", "--seed", "4")[3:]
+    # a 3-character stop first seen at i, whose first character was generated earlier on its own
+    i = next(i for i in range(10, len(gen) - 3) if gen.index(gen[i : i + 3]) == i and gen.index(gen[i]) < i)
+    stop = gen[i : i + 3]
+    assert sample(ckpt, "-n", "300", "-p", "ab ", "--stop", stop, "--seed", "4") == "ab " + gen[: i + 3]
+    # one that ends a line, given with the \n escape, first seen after a newline was generated on its own
+    j = next(j for j in range(3, len(gen)) if gen[j] == "\n" and gen.index(gen[j - 1 : j + 1]) == j - 1
+             and "\n" in gen[: j - 1])
+    given = gen[j - 1 : j + 1].replace("\n", "\\n")
+    assert sample(ckpt, "-n", "300", "-p", "ab ", "--stop", given, "--seed", "4") == "ab " + gen[: j + 1]
+
+
+def test_a_stop_inside_the_prime_does_not_end_the_sample(ckpt):
+    prime = "ab k"  # holds the stop string "k"; only generated text counts
+    gen = sample(ckpt, "-n", "300", "-p", prime, "--seed", "4")[len(prime) :]
+    assert "k" in gen
+    stopped = sample(ckpt, "-n", "300", "-p", prime, "--stop", "k", "--seed", "4")
+    assert stopped == prime + gen[: gen.index("k") + 1] and len(stopped) > len(prime)
+    whole = sample(ckpt, "-n", "300", "-p", prime, "--stop", prime, "--seed", "4")  # the prime itself
+    assert whole == prime + (gen[: gen.index(prime) + len(prime)] if prime in gen else gen)
+    # a stop that the prime's last character and the first generated one would make: not generated, no stop
+    straddle = prime[-1] + gen[0]
+    assert straddle not in gen[:2]
+    expected = prime + (gen[: gen.index(straddle) + 2] if straddle in gen else gen)
+    assert sample(ckpt, "-n", "300", "-p", prime, "--stop", straddle, "--seed", "4") == expected
+
+
+def test_in_order_writes_samples_one_after_another_whatever_order_they_end():
+    events = [(1, "x"), (2, "q"), (1, None), (0, "a"), (2, "r"), (2, None), (0, "b"), (0, None)]
+    chunks = list(in_order(iter(events), 3, "P:", "|"))
+    assert "".join(chunks) == "P:ab|P:x|P:qr"
+    assert chunks[:3] == ["P:", "a", "b"]  # the first sample streams as it comes; the others wait their turn
+
+
+def test_num_samples_in_order_when_a_later_sample_ends_first(ckpt):
+    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    for seed in range(100):  # find a draw in which a later sample ends before an earlier one
+        cfg = SampleConfig(length=200, num_samples=4, prime="ab", stop=" ", separator="|", seed=seed)
+        events = list(generate_batch(model, vocab, cfg, seed, devices.pick("cpu")))
+        ends = [i for i, ch in events if ch is None]
+        if ends != sorted(ends):
+            break
+    else:
+        pytest.fail("no seed in 100 ended the samples out of order")
+    texts = ["", "", "", ""]
+    for i, ch in events:
+        texts[i] += ch or ""
+    assert all(t.endswith(" ") and t.count(" ") == 1 for t in texts)  # each ended at its stop
+    expected = "|".join("ab" + t for t in texts)
+    out = sample(ckpt, "-n", "200", "-p", "ab", "--num-samples", "4", "--stop", " ", "--separator", "|",
+                 "--seed", str(seed), "--device", "cpu")
+    assert out == expected
+
+
+@pytest.fixture
+def long_memory(ckpt, tmp_path) -> Path:
+    """The tiny model with its LSTM forget gates held open (bias +20: f = 1 in float32), saved as a checkpoint:
+    its cell state sums the whole prime, so a state not carried from chunk to chunk shows. A trained tiny model
+    forgets within a few dozen characters and could not tell."""
+    tensors, meta = checkpoint.load(ckpt)
+    hidden = meta["model"]["hidden_size"]
+    bias = tensors["model.rnn.bias_ih_l0"].clone()  # (4H,): input, forget, cell, output gates
+    bias[hidden : 2 * hidden] = 20.0
+    tensors["model.rnn.bias_ih_l0"] = bias
+    path = tmp_path / "long_memory.safetensors"
+    checkpoint.save(path, tensors, meta)
+    return path
+
+
+def test_a_prime_longer_than_a_chunk_leaves_the_state_of_one_pass(long_memory, tmp_path):
+    cpu = devices.pick("cpu")
+    model, vocab, _ = runs.load_model(long_memory, cpu)
+    prime = make_text(2 * PRIME_CHUNK + 1000, seed=9)  # three chunks, the last one partial
+    ids = torch.from_numpy(vocab.encode(prime).astype("int64"))[None]  # (1, P)
+    with torch.no_grad():
+        logits, state = warm_up(model, vocab, prime, torch.Generator().manual_seed(0), cpu)
+        full, full_state = model(ids)  # one forward pass over the whole prime: (1, P, V)
+        _, tail_state = model(ids[:, 2 * PRIME_CHUNK :])  # the last chunk alone, from a fresh state
+    assert len(state) == len(full_state) == 2  # LSTM: (h, c)
+    assert torch.allclose(logits, full[:, -1], rtol=1e-5, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(state, full_state, strict=True))
+    assert not torch.allclose(tail_state[1], full_state[1], rtol=1e-2, atol=1e-2)  # control: the model remembers
+
+    # the CLI takes such a prime from a file and continues from that state: greedy continuation, step by step
+    greedy, x, s = [], full[:, -1], full_state
+    with torch.no_grad():
+        for _ in range(40):
+            i = int(x.float().argmax(dim=-1))
+            greedy.append(vocab.chars[i])
+            x, s = model(torch.tensor([[i]]), s)
+            x = x[:, -1]
+    (tmp_path / "long.txt").write_text(prime, encoding="utf-8")
+    out = sample(long_memory, "--prime-file", tmp_path / "long.txt", "-n", "40", "-t", "0", "--device", "cpu")
+    assert out == prime + "".join(greedy)
 
 
 def test_stop_with_num_samples(ckpt):
@@ -202,7 +302,7 @@ def test_endless_sampling_with_the_default_checkpoint_ends_when_the_pipe_closes(
     shutil.copytree(ckpt.parent, tmp_path / "checkpoints" / "mine")
     out, code, err = pipe_into_head(["sample", "-n", "0"], nbytes=5000)
     assert len(out) == 5000 and code == 0
-    assert err.decode().strip() == "sampling from checkpoints/mine/best.safetensors"  # which model; nothing else
+    assert err == b""  # stderr is not a terminal: nothing to say
 
 
 def test_ctrl_c_exits_130_without_a_traceback(ckpt):

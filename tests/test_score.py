@@ -12,7 +12,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
 from conftest import TINY, cli, make_text
+
+from charrnn import device as devices
+from charrnn import run as runs
 
 TEXT = make_text(6000)
 
@@ -78,13 +83,13 @@ def test_report_fields_agree_and_text_matches_json(run_dir, tmp_path):
     data = score(tmp_path / "t.txt", "-c", run_dir)
     assert math.isclose(data["bits_per_char"], data["nats_per_char"] / math.log(2))
     assert math.isclose(data["perplexity"], math.exp(data["nats_per_char"]))
-    assert data["chars"] == 2000 and 1999 - 3 <= data["scored"] <= 1999  # B - 1 = 3 at most left unfilled
+    assert data["chars"] == 2000 and data["scored"] == 1999 and data["context"] == 1  # all but the first
     result = cli("score", tmp_path / "t.txt", "-c", run_dir)
     assert result.exit_code == 0
     table = dict(line.split(maxsplit=1) for line in result.stdout.splitlines())
-    assert set(table) == {"bits_per_char", "nats_per_char", "perplexity", "chars", "scored", "oov"}
+    assert set(table) == {"bits_per_char", "nats_per_char", "perplexity", "chars", "scored", "context", "oov"}
     assert float(table["bits_per_char"]) == pytest.approx(data["bits_per_char"], abs=1e-4)
-    assert int(table["chars"]) == 2000 and result.stderr == "scoring with " + str(run_dir / "best.safetensors") + "\n"
+    assert int(table["chars"]) == 2000 and result.stderr == ""  # a file was named: nothing to say
 
 
 def test_stdin_and_default_checkpoint(run_dir, tmp_path):
@@ -131,14 +136,36 @@ def test_per_line_json_and_edge_lines(run_dir):
     assert "3 character(s)" in result.stderr and "'é'" in result.stderr
 
 
+def line_bits(model, vocab, line: str) -> float:
+    """Bits per character of line and its newline after a newline, straight from the model's logits."""
+    ids = torch.from_numpy(vocab.encode("\n" + line + "\n").astype("int64"))  # (L + 2,)
+    with torch.no_grad():
+        logits, _ = model(ids[None, :-1])  # (1, L + 1, V)
+    return F.cross_entropy(logits[0].float(), ids[1:]).item() / math.log(2)
+
+
 def test_per_line_output_sorts_numerically(run_dir, tmp_path):
-    lines = TEXT[:800].splitlines()[:10]
+    best = run_dir / "best.safetensors"
+    model, vocab, _ = runs.load_model(best, devices.pick("cpu"))
+    lines, seen = [], set()
+    for line in TEXT[:2000].splitlines():  # ten distinct lines whose scores differ at 4 decimals
+        key = f"{line_bits(model, vocab, line):.4f}"
+        if line and line not in lines and key not in seen:
+            lines.append(line)
+            seen.add(key)
+    lines = lines[:10]
+    assert len(lines) == 10
+    expected = sorted(lines, key=lambda line: line_bits(model, vocab, line))
+    assert expected != lines  # the input order is not already the sorted one
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cmd = f"'{sys.executable}' -m charrnn score lines.txt -c '{run_dir / 'best.safetensors'}' --per-line | sort -n"
-    proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = f"'{sys.executable}' -m charrnn score lines.txt -c '{best}' --per-line | sort -n"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "C"}  # sort -n reads '.' as the decimal point
+    proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stderr == b""
-    bits = [float(line.split("\t")[0]) for line in proc.stdout.decode().splitlines()]
-    assert len(bits) == len(lines) and bits == sorted(bits)
+    rows = [row.split("\t", 1) for row in proc.stdout.decode().splitlines()]
+    assert [text for _, text in rows] == expected  # most predictable line first
+    for (bits, text) in rows:
+        assert float(bits) == pytest.approx(line_bits(model, vocab, text), abs=1e-4)
 
 
 def test_per_line_streams_each_line_as_it_arrives(run_dir):

@@ -45,16 +45,6 @@ def one_error(proc: subprocess.CompletedProcess, code: int, start: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def origin(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("origin")
-    text = root / "tiny.txt"
-    text.write_text(make_text(6000), encoding="utf-8")
-    result = cli("train", text, *TINY, "--max-steps", "4", "--eval-every", "2", "--out", root / "checkpoints")
-    assert result.exit_code == 0, result.stderr
-    return root
-
-
 @pytest.fixture
 def trained(origin, in_tmp) -> Path:
     """./tiny.txt and ./checkpoints/tiny, the newest (only) run: what sample, score and info pick by default."""

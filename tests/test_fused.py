@@ -1,0 +1,99 @@
+"""The fused sampling step computes what the model's own modules compute, and writes exactly the same text."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import cli, train_tiny
+
+from charrnn import fused
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.device import native_bf16
+from charrnn.fused import FusedStep
+from charrnn.model import CharRNN
+from charrnn.sample import ModelStep, generate_batch
+from charrnn.vocab import Vocab
+
+VOCAB = Vocab(list("abcdefghij \n.,;:!?XYZ"))
+
+
+def model(cell: str, layers: int, seed: int = 0) -> CharRNN:
+    torch.manual_seed(seed)
+    m = CharRNN(ModelConfig(cell=cell, vocab_size=len(VOCAB), embed_size=12, hidden_size=24, num_layers=layers,
+                            dropout=0.2))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3)  # larger weights: peaked distributions and saturated gates, where mistakes show
+    return m.eval()
+
+
+CELLS = [(cell, layers) for cell in ("lstm", "gru", "rnn") for layers in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("cell, layers", CELLS)
+def test_logits_and_state_match_the_models_modules(cell, layers):
+    m = model(cell, layers)
+    batch = 5
+    state = tuple(torch.randn(layers, batch, 24) for _ in range(2 if cell == "lstm" else 1))
+    ref, fast = ModelStep(m, state), FusedStep(m, state)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for t in range(40):
+            ids = torch.randint(len(VOCAB), (batch,), generator=gen)
+            torch.testing.assert_close(fast(ids), ref(ids), rtol=1e-5, atol=1e-5)
+            if t == 20:  # rows leave the batch as their samples end
+                rows = torch.tensor([0, 2, 3])
+                ref.keep(rows)
+                fast.keep(rows)
+                batch = 3
+        for a, b in zip(fast.state(), ref.state, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+OPTIONS = [
+    dict(temperature=1.0),
+    dict(temperature=0.6),
+    dict(temperature=0.0),
+    dict(temperature=1.3, top_k=4),
+    dict(temperature=0.9, top_p=0.8),
+    dict(temperature=1.0, top_k=6, top_p=0.9, stop="X"),
+    dict(temperature=1.0, num_samples=4, stop=". "),
+    dict(temperature=0.8, num_samples=3, prime="abc d", length=120),
+]
+
+
+@pytest.mark.parametrize("cell, layers", [("lstm", 2), ("gru", 2), ("rnn", 2), ("lstm", 1), ("gru", 3)])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_the_fused_path_writes_the_same_text(cell, layers, options):
+    m = model(cell, layers, seed=layers)
+    cfg = SampleConfig(**{"length": 300, **options})
+    for seed in (0, 1, 2):
+        fast = list(generate_batch(m, VOCAB, cfg, seed, torch.device("cpu"), fast=True))
+        slow = list(generate_batch(m, VOCAB, cfg, seed, torch.device("cpu"), fast=False))
+        assert fast == slow
+        assert sum(ch is not None for _, ch in fast) >= cfg.num_samples  # something was generated
+
+
+def test_the_cli_takes_the_fused_path(corpus, monkeypatch):
+    train_tiny(corpus)
+    calls = []
+    step = FusedStep.__call__
+    monkeypatch.setattr(FusedStep, "__call__", lambda self, ids: calls.append(1) or step(self, ids))
+    fast = cli("sample", "-n", "200", "--seed", "4")
+    assert fast.exit_code == 0 and len(calls) == 199  # one step per character after the first
+    monkeypatch.setattr(fused, "supported", lambda m: False)
+    monkeypatch.setattr("charrnn.sample.supported", lambda m: False)
+    slow = cli("sample", "-n", "200", "--seed", "4")
+    assert slow.stdout == fast.stdout and len(calls) == 199  # the model's modules, the same text
+
+
+def test_bf16_sampling_goes_through_the_models_modules(corpus, monkeypatch):
+    train_tiny(corpus)
+    calls = []
+    step = FusedStep.__call__
+    monkeypatch.setattr(FusedStep, "__call__", lambda self, ids: calls.append(1) or step(self, ids))
+    result = cli("sample", "-n", "50", "--seed", "4", "--precision", "bf16", "--device", "cpu")
+    if not native_bf16(torch.device("cpu")):  # emulated bf16 is slower, and oneDNN's LSTM refuses it: say so
+        assert result.exit_code == 2 and "needs avx512_bf16 or amx_bf16" in result.stderr
+        return
+    assert result.exit_code == 0 and len(result.stdout) == 50 and calls == []
