@@ -207,14 +207,16 @@ def stop_on_signals(trainer: Trainer):
             signal.signal(s, h)
 
 
-def load_chosen(target: Path | None, device_name: str, verb: str):
-    """(model, vocab, meta, device) of a checkpoint; says at a terminal which file, unless a file was named."""
+def load_chosen(target: Path | None, device_name: str, precision: str, verb: str):
+    """(model, vocab, meta, device, precision) of a checkpoint, the device and precision checked first; says at
+    a terminal which file, unless a file was named."""
     device = devices.pick(device_name)
+    precision = devices.precision(precision, device)
     path = checkpoint.resolve(target)
     model, vocab, meta = run.load_model(path, device)
     if target is None or target.is_dir():
         note(f"{verb} {path}")
-    return model, vocab, meta, device
+    return model, vocab, meta, device, precision
 
 
 def read_prime(prime: str, prime_file: Path | None) -> str:
@@ -228,8 +230,7 @@ def read_prime(prime: str, prime_file: Path | None) -> str:
 
 def sample_text(target: Path | None, cfg: SampleConfig, device_name: str, precision: str) -> Iterator[str]:
     """Yield the text of cfg.num_samples samples, each the prime then its continuation, separated."""
-    model, vocab, _, device = load_chosen(target, device_name, "sampling from")
-    precision = devices.precision(precision, device)
+    model, vocab, _, device, precision = load_chosen(target, device_name, precision, "sampling from")
     unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
@@ -245,11 +246,11 @@ def warn_unknown(unknown: list[str], count: int) -> None:
 def score_report(source: str, target: Path | None, device_name: str, precision: str, as_json: bool,
                  errors: str) -> str:
     """The score of a whole text, as aligned `name value` lines or as JSON."""
-    model, vocab, meta, device = load_chosen(target, device_name, "scoring with")
+    model, vocab, meta, device, precision = load_chosen(target, device_name, precision, "scoring with")
     _, text = corpus.read_text(source, errors)
     train_cfg = {**dataclasses.asdict(TrainConfig()), **meta["train"]}
     result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device,
-                        devices.precision(precision, device))
+                        precision)
     warn_unknown(result.oov_chars, result.oov)
     report = result.as_dict()
     if as_json:
@@ -263,10 +264,10 @@ def score_report(source: str, target: Path | None, device_name: str, precision: 
 def score_each_line(source: str, target: Path | None, device_name: str, precision: str, as_json: bool,
                     errors: str) -> Iterator[str]:
     """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
-    model, vocab, _, device = load_chosen(target, device_name, "scoring with")
+    model, vocab, _, device, precision = load_chosen(target, device_name, precision, "scoring with")
     unknown: set[str] = set()
     count = 0
-    for s in score_lines(model, vocab, read_lines(source, errors), device, devices.precision(precision, device)):
+    for s in score_lines(model, vocab, read_lines(source, errors), device, precision):
         unknown.update(s.unknown)
         count += s.oov
         if as_json:

@@ -1,0 +1,238 @@
+"""Speed of charrnn against plain PyTorch and against the machine's own limits, measured in one process.
+
+    python bench/speed.py [--quick] [--threads N]
+
+Prints the CPU and thread count, the machine's fp32 matmul GFLOP/s and matrix-vector bandwidth, then one table:
+- sampling chars/s through the CLI (`charrnn sample ... > /dev/null`, start-up subtracted) at batch 1 and with
+  --num-samples 64, against the naive loop that calls the model's modules once per character, and against the
+  bound for batch 1: one step must read every weight once, so bound = measured matrix-vector time per step;
+- training chars/s through the CLI (from metrics.jsonl) against a plain Embedding -> nn.LSTM/GRU/RNN -> Linear +
+  AdamW loop on the same batches, and model-FLOP utilisation (6 x parameters x chars/s over the matmul peak);
+- start-up: `charrnn sample -n 1` against `python -c "import torch"` (best of 3 each).
+Each figure is the best of two or three runs in this one process. Rows are appended to bench/speed.log as they
+come. Nothing else may run on the machine meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+LOG = ROOT / "bench" / "speed.log"
+MODELS = [("default", "lstm", 256, 2), ("lstm 2x512", "lstm", 512, 2), ("gru 2x512", "gru", 512, 2),
+          ("rnn 2x512", "rnn", 512, 2)]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def best_time(f, repeat: int = 3) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def charrnn(*args: str, out=subprocess.DEVNULL) -> None:
+    subprocess.run([sys.executable, "-m", "charrnn", *args], check=True, stdout=out, stderr=subprocess.DEVNULL)
+
+
+def matmul_gflops(threads: int) -> float:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    return 2 * 2048**3 / best_time(lambda: a @ b, 5) / 1e9
+
+
+def matvec_step_s(model) -> float:
+    """Seconds to read every weight matrix of one sampling step once (the products alone, as the fused step does
+    them: a (1, in) row times a pre-transposed (in, out) matrix)."""
+    mats = [w.detach().T.contiguous() for name, w in model.named_parameters() if w.dim() == 2 and "embed" not in name]
+    xs = [torch.randn(1, m.shape[0]) for m in mats]
+
+    def step():
+        for x, m in zip(xs, mats, strict=True):
+            x @ m
+
+    for _ in range(20):
+        step()
+    return best_time(lambda: [step() for _ in range(200)], 5) / 200
+
+
+def naive_chars_per_s(ckpt: Path, n: int) -> float:
+    """The model's own modules once per character (generate_batch(fast=False)), in-process."""
+    from charrnn import run
+    from charrnn.config import SampleConfig
+    from charrnn.sample import generate_batch
+
+    model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
+    cfg = SampleConfig(length=n // 4 if n >= 4 else 1, num_samples=1)
+
+    def go():
+        for _ in generate_batch(model, vocab, cfg, 1, torch.device("cpu"), fast=False):
+            pass
+
+    return cfg.length / best_time(go, 2)
+
+
+def naive_batch_chars_per_s(ckpt: Path, streams: int, n: int) -> float:
+    from charrnn import run
+    from charrnn.config import SampleConfig
+    from charrnn.sample import generate_batch
+
+    model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
+    cfg = SampleConfig(length=n, num_samples=streams)
+
+    def go():
+        for _ in generate_batch(model, vocab, cfg, 1, torch.device("cpu"), fast=False):
+            pass
+
+    return streams * n / best_time(go, 2)
+
+
+def cli_sample_chars_per_s(ckpt: Path, n: int, streams: int = 1) -> float:
+    """Through the CLI into /dev/null; the time of -n 1 (start-up, loading, prime) subtracted."""
+    extra = ["--num-samples", str(streams)] if streams > 1 else []
+    one = best_time(lambda: charrnn("sample", str(ckpt), "-n", "1", "--seed", "1", *extra), 2)
+    full = best_time(lambda: charrnn("sample", str(ckpt), "-n", str(n), "--seed", "1", *extra), 2)
+    return streams * (n - 1) / max(full - one, 1e-9)
+
+
+class Plain(nn.Module):
+    def __init__(self, cell: str, vocab: int, hidden: int, layers: int):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 64)
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](64, hidden, layers, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, x, state=None):
+        out, state = self.rnn(self.embed(x), state)
+        return self.head(out), state
+
+
+def plain_train_chars_per_s(ids: torch.Tensor, vocab: int, cell: str, hidden: int, layers: int, steps: int) -> float:
+    """The reference loop: B=32 streams, T=128, AdamW, clipping, state carried and detached."""
+    torch.manual_seed(0)
+    model, B, T = Plain(cell, vocab, hidden, layers), 32, 128
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    streams = ids[: (len(ids) - 1) // B * B + 1]
+    L = (len(streams) - 1) // B
+    x_all, y_all = streams[: B * L].view(B, L), streams[1 : B * L + 1].view(B, L)
+    state = None
+
+    def step(w):
+        nonlocal state
+        x, y = x_all[:, w * T : (w + 1) * T], y_all[:, w * T : (w + 1) * T]
+        logits, state = model(x, state)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+    for w in range(3):
+        step(w)
+    start = time.perf_counter()
+    for w in range(3, 3 + steps):
+        step(w)
+    return steps * B * T / (time.perf_counter() - start)
+
+
+def cli_train_chars_per_s(corpus: Path, out: Path, cell: str, hidden: int, layers: int, steps: int) -> float:
+    """charrnn train through the CLI; the mean chars/s of its log rows after the first (warm-up) one."""
+    run = f"{cell}{hidden}x{layers}"
+    charrnn("train", str(corpus), "--cell", cell, "--hidden-size", str(hidden), "--num-layers", str(layers),
+            "--max-steps", str(steps + 5), "--log-every", "5", "--eval-every", "100000", "--val-frac", "0.002",
+            "--out", str(out), "--run", run, "--force", "--device", "cpu")
+    rows = [json.loads(r) for r in (out / run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["chars_per_s"] for r in rows if "chars_per_s" in r][1:]
+    return sum(rates) / len(rates)
+
+
+def startup(ckpt: Path) -> tuple[float, float]:
+    torch_s = best_time(lambda: subprocess.run([sys.executable, "-c", "import torch"], check=True), 3)
+    first = best_time(lambda: charrnn("sample", str(ckpt), "-n", "1", "--seed", "1"), 3)
+    return first, torch_s
+
+
+def log(line: str) -> None:
+    print(line, flush=True)
+    with open(LOG, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and characters (a smoke run)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    steps, n1, n64 = (5, 300, 20) if args.quick else (20, 3000, 200)
+    work = Path(tempfile.mkdtemp(prefix="charrnn-speed-"))
+    corpus = SHAKESPEARE if SHAKESPEARE.is_file() else work / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(("To be, or not to be, that is the question.\n" * 30000), encoding="utf-8")
+    text = corpus.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text[:300_000]])
+    log(f"# {time.strftime('%Y-%m-%d %H:%M')} python {' '.join(sys.argv)}")
+    log(f"# {cpu_name()}, {args.threads} threads, torch {torch.__version__}, corpus {corpus.name}")
+    peak = matmul_gflops(args.threads)
+    log(f"# fp32 matmul peak (2048^3): {peak:,.0f} GFLOP/s")
+    log("| model | measure | charrnn | reference | ratio | note |")
+    log("|---|---|---:|---:|---:|---|")
+    for label, cell, hidden, layers in MODELS:
+        train_rate = max(cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps),
+                         cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps))
+        plain_rate = max(plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps),
+                         plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps))
+        from charrnn import run
+
+        ckpt = work / f"{cell}{hidden}x{layers}" / "last.safetensors"
+        model, _, _ = run.load_model(ckpt, torch.device("cpu"))
+        params = sum(p.numel() for p in model.parameters())
+        mfu = 6 * params * train_rate / (peak * 1e9)
+        log(f"| {label} | train chars/s (fp32, B 32, T 128) | {train_rate:,.0f} | {plain_rate:,.0f} | "
+            f"{train_rate / plain_rate:.2f}x | MFU {mfu:.0%} |")
+        bound = 1 / matvec_step_s(model)
+        fast = cli_sample_chars_per_s(ckpt, n1)
+        naive = naive_chars_per_s(ckpt, n1)
+        weight_mb = sum(p.numel() * 4 for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n) / 1e6
+        log(f"| {label} | sample chars/s, batch 1 (CLI) | {fast:,.0f} | {naive:,.0f} | {fast / naive:.2f}x | "
+            f"{fast / bound:.0%} of the bound {bound:,.0f}/s ({weight_mb:.1f} MB at "
+            f"{weight_mb / 1e3 * bound:.1f} GB/s) |")
+        fast64 = cli_sample_chars_per_s(ckpt, n64, 64)
+        naive64 = naive_batch_chars_per_s(ckpt, 64, n64)
+        util = 2 * params * fast64 / (peak * 1e9)
+        log(f"| {label} | sample chars/s, 64 streams (CLI) | {fast64:,.0f} | {naive64:,.0f} | "
+            f"{fast64 / naive64:.2f}x | {util:.0%} of matmul peak |")
+    ckpt = work / "lstm512x2" / "last.safetensors"
+    first, torch_s = startup(ckpt)
+    log(f"| lstm 2x512 | start-up: sample -n 1 vs import torch (s) | {first:.2f} | {torch_s:.2f} | "
+        f"+{first - torch_s:.2f} s | |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""--precision and --threads: chosen per device, printed, stored in the run, kept on resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, cli, train_tiny
+
+from charrnn import checkpoint
+from charrnn.device import native_bf16
+
+NATIVE = native_bf16(torch.device("cpu"))
+
+
+def test_auto_precision_is_printed_and_stored(corpus):
+    result = train_tiny(corpus, "--threads", "1")
+    expected = "bf16" if NATIVE else "fp32"
+    assert f"parameters on cpu, {expected}, 1 threads" in result.stderr
+    _, meta = checkpoint.load(Path("checkpoints/tiny/last.safetensors"))
+    assert meta["train"]["precision"] == expected
+
+
+def test_resume_keeps_the_runs_precision(corpus):
+    train_tiny(corpus, "--precision", "fp32", steps=3)
+    again = cli("train", corpus, *TINY, "--max-steps", "6", "--eval-every", "3", "--resume")
+    assert again.exit_code == 0, again.stderr
+    assert ", fp32, " in again.stderr
+    if not NATIVE:  # auto resolves to fp32 here, the run's own: accepted
+        assert cli("train", corpus, *TINY, "--max-steps", "8", "--resume", "--precision", "auto").exit_code == 0
+
+
+@pytest.mark.skipif(NATIVE, reason="this CPU has native bf16")
+def test_bf16_on_a_cpu_without_it_is_refused_before_anything_is_written(corpus, in_tmp):
+    for args in (["train", corpus, *TINY, "--max-steps", "2", "--precision", "bf16"],
+                 ["score", corpus, "--precision", "bf16"]):
+        result = cli(*args)
+        assert result.exit_code == 2 and "--precision bf16 on the CPU needs avx512_bf16 or amx_bf16" in result.stderr
+    assert not (in_tmp / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not NATIVE, reason="needs a CPU with avx512_bf16 or amx_bf16")
+def test_bf16_trains_scores_and_samples(corpus):
+    train_tiny(corpus, "--precision", "bf16")
+    assert cli("score", corpus, "--precision", "bf16").exit_code == 0
+    assert len(cli("sample", "-n", "20", "--precision", "bf16").stdout) == 20
+
+
+@pytest.mark.parametrize("command", [["sample"], ["score", "x.txt"], ["info"], ["train", "x.txt"]])
+def test_bad_threads_and_precision_are_usage_errors(command):
+    assert "--threads must be from 1 to 4096, not 0" in cli(*command, "--threads", "0").stderr
+    if command[0] != "info":
+        result = cli(*command, "--precision", "fp16")
+        assert result.exit_code == 2 and "--precision must be one of auto, fp32, bf16, not 'fp16'" in result.stderr
+
+
+def test_threads_set_torchs_thread_count(corpus, monkeypatch):
+    train_tiny(corpus)
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    assert cli("sample", "-n", "5", "--threads", "1").exit_code == 0
+    assert cli("score", corpus, "--threads", "3").exit_code == 0
+    assert seen == [1, 3]
