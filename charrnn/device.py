@@ -9,7 +9,6 @@ import random
 
 import torch
 
-from charrnn.config import PRECISIONS
 from charrnn.errors import UsageError
 
 
@@ -63,9 +62,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def precision(name: str, device: torch.device) -> str:
-    """--precision auto|fp32|bf16 -> fp32 or bf16; auto is bf16 where it is native."""
-    if name not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {name!r}")
+    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16; auto is bf16 where it is native."""
     if name == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):  # oneDNN's fused LSTM refuses it

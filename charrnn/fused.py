@@ -35,10 +35,14 @@ class FusedStep:
             self.table = (p["embed.weight"] @ w["weight_ih_l0"].T + first_bias).contiguous()  # (V, G)
             self.w_hh = [w[f"weight_hh_l{i}"].T.contiguous() for i in range(self.layers)]  # each (H, G)
             self.b_hh = [w[f"bias_hh_l{i}"] for i in range(self.layers)]  # each (G,)
-            self.w_ih = [None] + [w[f"weight_ih_l{i}"].T.contiguous() for i in range(1, self.layers)]  # (H, G)
-            self.b_ih = [None] + [w[f"bias_ih_l{i}"] for i in range(1, self.layers)]  # (G,)
-            self.w_cat = [None] + [torch.cat([self.w_ih[i], self.w_hh[i]]) for i in range(1, self.layers)]  # (2H, G)
-            self.b_cat = [None] + [self.b_ih[i] + self.b_hh[i] for i in range(1, self.layers)]  # (G,)
+            deeper = range(1, self.layers)
+            if gru:  # layers >= 1: input and hidden products apart
+                self.w_ih = [None] + [w[f"weight_ih_l{i}"].T.contiguous() for i in deeper]  # (H, G)
+                self.b_ih = [None] + [w[f"bias_ih_l{i}"] for i in deeper]  # (G,)
+            else:  # layers >= 1: one product of [input | state] with the stacked weights
+                self.w_cat = [None] + [torch.cat([w[f"weight_ih_l{i}"], w[f"weight_hh_l{i}"]], 1).T.contiguous()
+                                       for i in deeper]  # (2H, G)
+                self.b_cat = [None] + [w[f"bias_ih_l{i}"] + w[f"bias_hh_l{i}"] for i in deeper]  # (G,)
             self.w_out, self.b_out = p["head.weight"].detach().T.contiguous(), p["head.bias"].detach()  # (H, V), (V,)
         self.H = H
         self.allocate(state)
