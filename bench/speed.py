@@ -7,7 +7,8 @@ Prints the CPU and thread count, the machine's fp32 matmul GFLOP/s and matrix-ve
   --num-samples 64, against the naive loop that calls the model's modules once per character, and against the
   bound for batch 1: one step must read every weight once, so bound = measured matrix-vector time per step;
 - training chars/s through the CLI (from metrics.jsonl) against a plain Embedding -> nn.LSTM/GRU/RNN -> Linear +
-  AdamW loop on the same batches, and model-FLOP utilisation (6 x parameters x chars/s over the matmul peak);
+  AdamW loop on the same batches and the same network (dropout 0.1, as charrnn's default), and model-FLOP
+  utilisation (6 x parameters x chars/s over the matmul peak);
 - start-up: `charrnn sample -n 1` against `python -c "import torch"` (best of 3 each).
 Each figure is the best of two or three runs in this one process. Rows are appended to bench/speed.log as they
 come. Nothing else may run on the machine meanwhile.
@@ -118,19 +119,23 @@ def cli_sample_chars_per_s(ckpt: Path, n: int, streams: int = 1) -> float:
 
 
 class Plain(nn.Module):
-    def __init__(self, cell: str, vocab: int, hidden: int, layers: int):
+    """The same network as charrnn's default model of that size: dropout 0.1 between layers and before the head."""
+
+    def __init__(self, cell: str, vocab: int, hidden: int, layers: int, dropout: float = 0.1):
         super().__init__()
         self.embed = nn.Embedding(vocab, 64)
-        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](64, hidden, layers, batch_first=True)
+        self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](64, hidden, layers, batch_first=True,
+                                                                          dropout=dropout)
+        self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, vocab)
 
     def forward(self, x, state=None):
         out, state = self.rnn(self.embed(x), state)
-        return self.head(out), state
+        return self.head(self.drop(out)), state
 
 
 def plain_train_chars_per_s(ids: torch.Tensor, vocab: int, cell: str, hidden: int, layers: int, steps: int) -> float:
-    """The reference loop: B=32 streams, T=128, AdamW, clipping, state carried and detached."""
+    """The reference loop: B=32 streams, T=128, AdamW, clipping, state carried and detached, dropout 0.1."""
     torch.manual_seed(0)
     model, B, T = Plain(cell, vocab, hidden, layers), 32, 128
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)

@@ -11,7 +11,6 @@ from collections.abc import Callable
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
 class Stderr(io.TextIOBase):
@@ -79,6 +78,8 @@ class TrainReport:
         self.fraction_done, self.sample = fraction_done, sample
         self.val, self.bar = math.nan, None
         if console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
             self.bar = Progress(TextColumn("step {task.fields[step]}"), BarColumn(),
                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                 console=console, transient=True)

@@ -53,12 +53,11 @@ class FusedStep:
         h = state[0]  # (layers, B, H)
         B, H, G = h.shape[1], self.H, GATES[self.cell] * self.H
         new = dict(dtype=h.dtype, device=h.device)
-        # xh[i] (B, 2H): [layer i's input | layer i's state h]; layer 0's input comes from the table
-        self.xh = [torch.empty(B, 2 * H, **new) for _ in range(self.layers)]
-        self.x = [x[:, :H] for x in self.xh]  # each (B, H)
-        self.h = [x[:, H:] for x in self.xh]  # each (B, H)
-        for i in range(self.layers):
-            self.h[i].copy_(h[i])
+        # z (B, layers H) holds every layer's state h side by side: layer i >= 1 reads its input (layer i-1's h,
+        # already new) and its own h (still old) as one view z[:, (i-1)H : (i+1)H], so nothing is copied
+        self.z = h.transpose(0, 1).reshape(B, self.layers * H).clone()
+        self.h = [self.z[:, i * H : (i + 1) * H] for i in range(self.layers)]  # each (B, H)
+        self.xh = [None] + [self.z[:, (i - 1) * H : (i + 1) * H] for i in range(1, self.layers)]  # each (B, 2H)
         self.c = list(state[1].clone()) if self.cell == "lstm" else None  # each (B, H)
         self.gates = torch.empty(B, G, **new)  # (B, G): LSTM i f o g | GRU r z n (input side) | RNN
         g = self.gates
@@ -77,9 +76,9 @@ class FusedStep:
         """Go on with these rows (B',) only: samples that ended leave the batch."""
         self.allocate(tuple(s.index_select(1, rows) for s in self.state()))
 
-    @torch.no_grad()
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B,) -> logits (B, V) of the next character; the state moves on by one character."""
+        """ids (B,) -> logits (B, V) of the next character; the state moves on by one character. No tensor here
+        requires grad, so no grad mode needs entering (that costs as much as an op, every character)."""
         torch.index_select(self.table, 0, ids, out=self.gates)  # (B, G): layer 0's input projection and biases
         for i in range(self.layers):
             if self.cell == "gru":
@@ -90,8 +89,6 @@ class FusedStep:
                 else:
                     torch.addmm(self.b_cat[i], self.xh[i], self.w_cat[i], out=self.gates)
                 self.lstm(i) if self.cell == "lstm" else torch.tanh(self.gates, out=self.h[i])
-            if i + 1 < self.layers:
-                self.x[i + 1].copy_(self.h[i])  # the next layer's input
         return torch.addmm(self.b_out, self.h[-1], self.w_out, out=self.logits)
 
     def lstm(self, i: int) -> None:
@@ -104,7 +101,7 @@ class FusedStep:
     def gru(self, i: int) -> None:
         h, r, z = self.h[i], self.i, self.f
         if i > 0:
-            torch.addmm(self.b_ih[i], self.x[i], self.w_ih[i], out=self.gates)  # (B, 3H)
+            torch.addmm(self.b_ih[i], self.h[i - 1], self.w_ih[i], out=self.gates)  # (B, 3H): layer i-1's new h
         torch.addmm(self.b_hh[i], h, self.w_hh[i], out=self.hidden)  # (B, 3H)
         self.sig.add_(self.hidden_rz).sigmoid_()  # r, z
         self.tanh.addcmul_(r, self.hidden_n).tanh_()  # n = tanh(W_in x + b_in + r (W_hn h + b_hn))

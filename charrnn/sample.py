@@ -44,15 +44,14 @@ class Noise:
     def __init__(self, gen: torch.Generator, n: int, vocab_size: int):
         self.gen, self.n, self.V = gen, n, vocab_size
         self.block_steps = max(1, (1 << 18) // (n * vocab_size))  # bounds a block to about 1 MB
-        self.block, self.used = torch.empty(0, n, vocab_size), 0
+        self.block: list[torch.Tensor] = []  # the block's steps not yet used, last first
 
     def next(self) -> torch.Tensor:
         """(n, V) Gumbel(0, 1) noise for this step."""
-        if self.used == len(self.block):
+        if not self.block:
             u = torch.rand(self.block_steps, self.n, self.V, generator=self.gen)  # (K, n, V) in [0, 1)
-            self.block, self.used = -torch.log(-torch.log(u)), 0
-        self.used += 1
-        return self.block[self.used - 1]
+            self.block = list(reversed((-torch.log(-torch.log(u))).unbind(0)))  # K views (n, V), made at once
+        return self.block.pop()
 
 
 def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
@@ -76,7 +75,7 @@ class ModelStep:
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B,) -> logits (B, V) of the next character."""
-        with autocast(ids.device, self.precision):
+        with torch.no_grad(), autocast(ids.device, self.precision):
             logits, self.state = self.model(ids[:, None], self.state)  # (B, 1, V)
         return logits[:, -1].float()
 
@@ -96,19 +95,19 @@ def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
     ids = torch.from_numpy(vocab.encode(known).astype("int64"))[None].to(device)  # (1, P)
     state = None
     for t in range(0, ids.shape[1], PRIME_CHUNK):
-        with autocast(device, precision):
+        with torch.no_grad(), autocast(device, precision):
             logits, state = model(ids[:, t : t + PRIME_CHUNK], state)  # (1, <=PRIME_CHUNK, V)
     return logits[:, -1].float(), tuple(s.float() for s in state)
 
 
-@torch.no_grad()
 def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
                    fast: bool = True, precision: str = "fp32") -> Iterator[Event]:
     """Events of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
     fused (fused.py, fp32) when fast and the model allows it, else through the model's modules.
 
     A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
-    finished samples leave the batch."""
+    finished samples leave the batch. Only the model's own modules need no_grad (ModelStep, warm_up): a no_grad
+    around this generator would be entered and left at every character."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     n = cfg.num_samples
