@@ -148,6 +148,8 @@ def train(
     log_every: opt(int, f"Steps between progress/metrics lines. Default: {T.log_every}.") = None,
     eval_every: opt(int, f"Steps between validations and checkpoints. Default: {T.eval_every}.") = None,
     val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
+    val_chars: opt(int, f"At most this many held-out characters; the rest trains. 0 = no cap. Default: "
+                   f"{T.val_chars:,}.") = None,
     seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
     device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
     precision: opt(str, "auto (bf16 autocast where the device has native bf16, else fp32), fp32 or bf16; "
@@ -329,6 +331,43 @@ def score(
     set_threads(threads)
     how = (file, checkpoint, device, precision, json_, encoding_errors)
     write_stream(score_each_line(*how) if per_line else [score_report(*how) + "\n"])
+
+
+@app.command()
+@reports_errors
+def plot(
+    runs: Annotated[list[Path] | None, typer.Argument(metavar="RUNS", help="Run directories (or a checkpoint in "
+                    "one, or a folder of runs: its newest). Default: the newest run under ./checkpoints.",
+                    show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Figure file: .png, .svg or .pdf. "
+                      "Default: loss.png in the first run's directory.")] = None,
+) -> None:
+    """Plot training and validation loss (bits/char) against steps and minutes.
+
+    Several runs share one figure. The figure needs matplotlib (pip install
+    'charrnn[plot]'); without it a text curve goes to stderr instead.
+
+    Exit status: 0 ok; 1: a run unreadable, or matplotlib missing (the text
+    curve is still shown); 2: bad options.
+    """
+    from charrnn import plot as plots
+
+    if output is not None:
+        plots.check_output(output)
+    dirs = [plots.find_run(r) for r in runs or [None]]
+    curves = [plots.read(d) for d in dirs]
+    output = output if output is not None else dirs[0] / "loss.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        info(plots.text(curves))
+        raise CharrnnError("matplotlib is not installed, so no figure was written (the text curve is above); "
+                           "install it with: pip install 'charrnn[plot]'") from None
+    from charrnn.atomic import replacing
+
+    with replacing(output) as tmp:
+        plots.figure(curves, tmp, output.suffix[1:].lower())
+    info(f"wrote {output}")
 
 
 @app.command("info")

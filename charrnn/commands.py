@@ -28,13 +28,16 @@ from charrnn.train import NonFiniteError, Trainer
 
 def check_size(n: int, cfg: TrainConfig) -> None:
     """A corpus too small for one training window and one validation window is an error, with the minimum."""
-    n_val = int(n * cfg.val_frac)
-    if n - n_val >= min_chars(cfg.batch_size, cfg.seq_len) and n_val >= min_chars(1, cfg.seq_len):
-        return
+    if 0 < cfg.val_chars < min_chars(1, cfg.seq_len):
+        raise UsageError(f"--val-chars {cfg.val_chars} is shorter than one validation window of --seq-len "
+                         f"{cfg.seq_len}; give at least {min_chars(1, cfg.seq_len)}, or 0 for no cap")
+
     def enough(m: int) -> bool:  # the same split as Corpus.split; monotone in m
-        val = int(m * cfg.val_frac)
+        val = corpus.held_out(m, cfg.val_frac, cfg.val_chars)
         return m - val >= min_chars(cfg.batch_size, cfg.seq_len) and val >= min_chars(1, cfg.seq_len)
 
+    if enough(n):
+        return
     low, high = n, 2 * n + 2
     while not enough(high):
         high *= 2
@@ -118,7 +121,8 @@ def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, di
 def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str]) -> None:
     """Run the trainer with its listeners; signals save and stop at the next step boundary."""
     model_cfg, cfg = trainer.model.cfg, trainer.cfg
-    info(f"{text.name}: {len(text.ids):,} characters, {len(text.vocab)} distinct; {model_cfg.cell} "
+    held = corpus.held_out(len(text.ids), cfg.val_frac, cfg.val_chars)
+    info(f"{text.name}: {len(text.ids):,} characters ({held:,} held out), {len(text.vocab)} distinct; {model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
          f"{trainer.device}, {cfg.precision}, {torch.get_num_threads()} threads")
     if len(text.vocab) == 1:
@@ -144,7 +148,7 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
              f"Resume with: {again}")
         raise Interrupted(128 + received[0])
     info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
-         f"{p.elapsed_s:.0f} s; files in {directory}/")
+         f"{p.elapsed_s:.0f} s; files in {directory}/; plot the losses: charrnn plot {shlex.quote(str(directory))}")
 
 
 def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
@@ -163,7 +167,7 @@ def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConf
 
 def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device) -> Trainer:
     """A fresh, seeded model and trainer over the corpus's train and validation splits."""
-    train_ids, val_ids = text.split(cfg.val_frac)
+    train_ids, val_ids = text.split(cfg.val_frac, cfg.val_chars)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
     with torch.device("meta"):  # its size first, without allocating anything

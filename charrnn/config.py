@@ -57,6 +57,8 @@ class TrainConfig:
     save_every: int | None = None  # extra last.safetensors saves every N steps (besides every evaluation)
     max_nonfinite: int = 5  # consecutive non-finite losses/gradients (steps skipped) before giving up
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
+    val_chars: int = 200_000  # ... but at most this many characters (the rest trains), so evaluation stays
+    # cheap on large corpora; 0 = no cap
     min_char_count: int = 0  # characters seen fewer times than this map to U+FFFD; 0 = off
     encoding_errors: str = "strict"  # invalid UTF-8 in the corpus: strict (refuse) | replace (U+FFFD) | skip
     seed: int = 1337  # seeds torch so runs repeat
@@ -110,6 +112,7 @@ RULES: dict[str, tuple[Callable, str]] = {  # name: (test of a value, what the t
     "save_every": POSITIVE,
     "max_nonfinite": POSITIVE,
     "val_frac": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
+    "val_chars": (between(0, math.inf), "must be >= 0 (0 = no cap)"),
     "min_char_count": NOT_NEGATIVE,
     "encoding_errors": one_of(ENCODING_ERRORS),
     "seed": (between(0, MAX_SEED), f"must be an integer from 0 to 2**64 - 1 ({MAX_SEED})"),
@@ -191,6 +194,7 @@ def build(given: dict) -> tuple[ModelConfig, TrainConfig]:
 
 def for_resume(model: dict, train: dict, given: dict) -> tuple[ModelConfig, TrainConfig]:
     """A run's stored configs with the given settings applied; settings that would change the run are refused."""
+    train = {"val_chars": 0, **train}  # a run from before --val-chars held out the whole --val-frac
     differs = [f"--{k.replace('_', '-')} {v} (the run has {(model | train).get(k)})" for k, v in given.items()
                if k not in RESUMABLE and (model | train).get(k) != v]
     if differs:

@@ -40,10 +40,16 @@ class Corpus:
     fingerprint: str  # "sha256:<hex>" of the raw bytes (several inputs: of their digests, in order)
     note: str = ""  # whether the id cache was reused or rebuilt, for the caller to report
 
-    def split(self, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
-        """Contiguous (train, val): the last val_frac of the text is validation."""
-        n_val = int(len(self.ids) * val_frac)
+    def split(self, val_frac: float, val_chars: int) -> tuple[np.ndarray, np.ndarray]:
+        """Contiguous (train, val): the last val_frac of the text, at most val_chars characters, is validation."""
+        n_val = held_out(len(self.ids), val_frac, val_chars)
         return self.ids[: len(self.ids) - n_val], self.ids[len(self.ids) - n_val :]
+
+
+def held_out(n: int, val_frac: float, val_chars: int) -> int:
+    """Characters held out for validation from a corpus of n: the last val_frac, at most val_chars (0: no cap)."""
+    n_val = int(n * val_frac)
+    return min(n_val, val_chars) if val_chars else n_val
 
 
 def decode(name: str, data: bytes, errors: str = "strict", flag: bool = True) -> str:

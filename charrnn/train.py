@@ -81,6 +81,8 @@ class Trainer:
         self.listeners: list[Callable[[Event], None]] = []
         self.stop_requested = False  # set from a signal handler; honoured at the next step boundary
         self.bad_in_a_row = 0  # consecutive steps skipped for non-finite values
+        self.eval_s: float | None = None  # how long the last validation took (with its checkpoint saves)
+        self.session = (0, 0.0)  # (step, elapsed_s) where this process started training
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self.listeners.append(listener)
@@ -104,8 +106,20 @@ class Trainer:
             limits.append(math.ceil(self.cfg.epochs * len(self.train)))
         return min(limits)
 
+    def eval_seconds(self) -> float:
+        """The expected time of the final validation: the last one's, else a third of the time of as many
+        training steps as the split has windows (a forward pass is about a third of a training step)."""
+        if self.eval_s is not None:
+            return self.eval_s
+        steps, seconds = self.progress.step - self.session[0], self.progress.elapsed_s - self.session[1]
+        return seconds / steps * (len(self.val) + 1) / 3 if steps else 0.0
+
     def time_frac(self) -> float:
-        return self.progress.elapsed_s / (self.cfg.minutes * 60) if self.cfg.minutes else 0.0
+        """The fraction of the time budget's training part spent: training stops at 1, leaving the final
+        validation its expected time, so the run ends annealed and evaluated by the deadline."""
+        if not self.cfg.minutes:
+            return 0.0
+        return self.progress.elapsed_s / max(self.cfg.minutes * 60 - self.eval_seconds(), 1e-9)
 
     def finished(self) -> bool:
         return self.progress.step >= self.total_steps or self.time_frac() >= 1 or self.stop_requested
@@ -145,19 +159,21 @@ class Trainer:
         return loss.item()
 
     def validate(self) -> None:
-        p = self.progress
+        p, start = self.progress, time.monotonic()
         val = evaluate(self.model, self.val, self.device, self.cfg.precision)
         improved = val < p.best_val
         if improved:
             p.best_val, p.best_step = val, p.step
         self.emit("eval", step=p.step, elapsed_s=p.elapsed_s, val_loss=val, val_bpc=val / math.log(2),
                   improved=improved)
+        self.eval_s = time.monotonic() - start  # the listeners' checkpoint saves included
 
     def run(self) -> Progress:
         """Train until a budget runs out or a stop is requested; validate every eval_every and at the end."""
         p, cfg = self.progress, self.cfg
         self.model.train()
         start, chars, losses = time.monotonic() - p.elapsed_s, 0, []
+        self.session = (p.step, p.elapsed_s)
         mark = time.monotonic()
         last_eval = p.step
         while not self.finished():

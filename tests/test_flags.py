@@ -41,6 +41,8 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     ("--lr", "0", "--lr must be a number in (0, 10], not 0.0"),
     ("--dropout", "1", "--dropout must be in [0, 1), not 1.0"),
     ("--val-frac", "nan", "--val-frac must be between 0 and 1 (exclusive), not nan"),
+    ("--val-chars", "-1", "--val-chars must be >= 0 (0 = no cap), not -1"),
+    ("--val-chars", "5", "--val-chars 5 is shorter than one validation window of --seq-len 16; give at least 17"),
     ("--hidden-size", "100000000", "--hidden-size must be from 1 to 65,536, not 100000000"),
     ("--num-layers", "1000", "--num-layers must be from 1 to 64, not 1000"),
     ("--encoding-errors", "ignore", "--encoding-errors must be one of strict, replace, skip, not 'ignore'"),
@@ -192,3 +194,15 @@ def test_info_says_one_layer_and_the_fractional_epoch(corpus):
     # tiny: 6,000 characters, 600 held out; 4 streams of 1,349 characters, 84 windows of 16 per epoch
     assert meta["epoch"] == pytest.approx(5 / 84)
     assert "epoch 0.06," in result.stdout, result.stdout
+
+
+def test_the_first_line_says_how_much_is_held_out(corpus):
+    assert "6,000 characters (600 held out)" in train_tiny(corpus).stderr
+    assert "6,000 characters (100 held out)" in train_tiny(corpus, "--val-chars", "100", "--run", "capped").stderr
+
+
+def test_a_run_from_before_val_chars_resumes_with_its_whole_split():
+    from charrnn import config
+
+    model, train = config.ModelConfig(), {k: v for k, v in vars(config.TrainConfig()).items() if k != "val_chars"}
+    assert config.for_resume(vars(model), train, {})[1].val_chars == 0  # no cap: the whole --val-frac, as then

@@ -113,6 +113,7 @@ def test_trainer_epochs_budget_is_the_horizon():
 
 def test_trainer_minutes_alone_decays_on_the_clock():
     t = trainer(minutes=1.0, warmup_steps=2)
+    t.eval_s = 0.0  # a validation that takes no time: the clock alone
     assert lrs(t, 2) == pytest.approx([0.005, 0.01], rel=1e-12)  # warmup whatever the clock says
     for elapsed, expected in [(0.0, 0.01), (15.0, QUARTER), (30.0, 0.0055), (45.0, THREE_QUARTERS),
                               (59.9, 0.001 + 0.0045 * (1 + math.cos(math.pi * 59.9 / 60)))]:
@@ -122,6 +123,7 @@ def test_trainer_minutes_alone_decays_on_the_clock():
 
 def test_trainer_minutes_with_max_steps_decays_by_whichever_is_further():
     t = trainer(minutes=1.0, max_steps=10)
+    t.eval_s = 0.0
     lrs(t, 7)  # the next step is step 7: half-way through the 6 decay steps
     t.progress.elapsed_s = 15.0  # a quarter of the clock
     assert lrs(t, 1) == pytest.approx([0.0055], rel=1e-12)
@@ -134,6 +136,28 @@ def test_trainer_decay_steps_ignores_the_clock():
     lrs(t, 7)
     t.progress.elapsed_s = 45.0
     assert lrs(t, 1) == pytest.approx([0.0055], rel=1e-12)  # step 7 of horizon 10, whatever the time
+
+
+def test_trainer_leaves_the_final_validation_its_time_before_the_deadline():
+    t = trainer(minutes=1.0, warmup_steps=0)
+    t.eval_s = 15.0  # the last validation took 15 s: training gets 45 of the 60
+    for elapsed, expected in [(0.0, 0.01), (22.5, 0.0055), (33.75, THREE_QUARTERS)]:
+        t.progress.elapsed_s = elapsed
+        assert lrs(t, 1) == pytest.approx([expected], rel=1e-12), elapsed
+    t.progress.elapsed_s = 44.9
+    assert not t.finished()
+    t.progress.elapsed_s = 45.0  # annealed, and 15 s left for the final validation
+    assert t.time_frac() == pytest.approx(1.0) and t.finished()
+
+
+def test_trainer_estimates_the_first_validation_from_its_steps():
+    t = trainer(minutes=1.0)
+    assert t.eval_seconds() == 0.0  # nothing measured yet
+    lrs(t, 4)
+    t.progress.elapsed_s = 2.0  # 0.5 s a step; the split has 5 windows (+ a tail): 6 x 0.5 / 3 = 1 s
+    assert len(t.val) == 5 and t.eval_seconds() == pytest.approx(1.0)
+    t.validate()
+    assert 0 < t.eval_seconds() < 1  # measured from now on
 
 
 # --- through the CLI: the lr column of metrics.jsonl -------------------------------------------------------
@@ -183,17 +207,18 @@ def test_cli_metrics_lr_with_epochs(tmp_path):
 
 
 def test_cli_metrics_lr_follows_the_clock_under_minutes(corpus):
-    minutes = 0.02  # 1.2 s of training
+    minutes = 0.02  # 1.2 s, the final validation's expected time included
     train(corpus, "clock", "--warmup-steps", "0", "--minutes", str(minutes))
-    rows = log_rows("clock")
-    assert len(rows) >= 5, rows
-    assert rows[0]["lr"] == pytest.approx(0.01, rel=1e-9)  # the clock had not started
-    for before, row in zip(rows[:-1], rows[1:], strict=True):
-        # step s trained with the lr of the time elapsed when step s - 1 ended, as its row recorded
+    rows = [json.loads(r) for r in (Path("checkpoints") / "clock" / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in rows if "lr" in r]
+    assert len(logs) >= 5, logs
+    assert logs[0]["lr"] == pytest.approx(0.01, rel=1e-9)  # the clock had not started
+    for before, row in zip(logs[:-1], logs[1:], strict=True):
+        # step s trained with the lr of the time elapsed when step s - 1 ended, on a clock that runs a little
+        # faster than the wall (the final validation's time is set aside): never behind the plain clock
         frac = before["elapsed_s"] / (minutes * 60)
         assert frac < 1
-        expected = 0.001 + 0.0045 * (1 + math.cos(math.pi * frac))
-        assert row["lr"] == pytest.approx(expected, rel=1e-9), (before, row)
-    assert rows[-1]["elapsed_s"] >= minutes * 60  # training ran until the deadline
-    lr = [r["lr"] for r in rows]
+        assert row["lr"] <= 0.001 + 0.0045 * (1 + math.cos(math.pi * frac)) + 1e-12, (before, row)
+    lr = [r["lr"] for r in logs]
     assert lr == sorted(lr, reverse=True) and lr[-1] < lr[0]  # the decay followed the clock down
+    assert "val_loss" in rows[-1] and rows[-1]["step"] == logs[-1]["step"]  # it ended evaluated

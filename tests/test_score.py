@@ -47,10 +47,14 @@ def val_losses(run: Path) -> list[float]:
     return [r["val_loss"] for r in rows if "val_loss" in r]
 
 
-@pytest.mark.parametrize("val_frac", ["0.1", "0.01"])  # 600 validation characters: 4 streams; 60: only 3 fit
-def test_scoring_the_validation_split_gives_the_validation_loss(tmp_path, val_frac):
-    run = train(tmp_path, "--val-frac", val_frac)
-    val_text = TEXT[len(TEXT) - int(len(TEXT) * float(val_frac)) :]
+@pytest.mark.parametrize(("val_frac", "val_chars", "held"), [
+    ("0.1", "0", 600),  # 600 validation characters: 4 streams
+    ("0.01", "200000", 60),  # 60: only 3 fit; the default cap is far away
+    ("0.5", "200", 200),  # the cap holds out the last 200 characters; the other 2,800 of the half train
+])
+def test_scoring_the_validation_split_gives_the_validation_loss(tmp_path, val_frac, val_chars, held):
+    run = train(tmp_path, "--val-frac", val_frac, "--val-chars", val_chars)
+    val_text = TEXT[len(TEXT) - held :]
     (tmp_path / "val.txt").write_text(val_text, encoding="utf-8")
     losses = val_losses(run)
     assert len(losses) == 3 and len(set(losses)) > 1
