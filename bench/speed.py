@@ -1,13 +1,13 @@
 """Speed of charrnn against plain PyTorch and against the machine's own limits, measured in one process.
 
-    python bench/speed.py [--quick] [--threads N]
+    python bench/speed.py [--quick] [--threads N] [--only LABEL]
 
 Prints the CPU and thread count, the machine's fp32 matmul GFLOP/s and matrix-vector bandwidth, then one table:
 - sampling chars/s through the CLI (`charrnn sample ... > /dev/null`, start-up subtracted) at batch 1 and with
   --num-samples 64, against the naive loop that calls the model's modules once per character, and against the
   bound for batch 1: one step must read every weight once, so bound = measured matrix-vector time per step;
 - training chars/s through the CLI (from metrics.jsonl) against a plain Embedding -> nn.LSTM/GRU/RNN -> Linear +
-  AdamW loop on the same batches and the same network (dropout 0.1, as charrnn's default), and model-FLOP
+  AdamW loop on the same batches and the same network (both with T 128 and dropout 0.1), and model-FLOP
   utilisation (6 x parameters x chars/s over the matmul peak);
 - start-up: `charrnn sample -n 1` against `python -c "import torch"` (best of 3 each).
 Each figure is the best of two or three runs in this one process. Rows are appended to bench/speed.log as they
@@ -33,7 +33,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 LOG = ROOT / "bench" / "speed.log"
-MODELS = [("default", "lstm", 256, 2), ("lstm 2x512", "lstm", 512, 2), ("gru 2x512", "gru", 512, 2),
+MODELS = [("default gru 2x256", "gru", 256, 2), ("lstm 2x512", "lstm", 512, 2), ("gru 2x512", "gru", 512, 2),
           ("rnn 2x512", "rnn", 512, 2)]
 
 
@@ -119,7 +119,7 @@ def cli_sample_chars_per_s(ckpt: Path, n: int, streams: int = 1) -> float:
 
 
 class Plain(nn.Module):
-    """The same network as charrnn's default model of that size: dropout 0.1 between layers and before the head."""
+    """The same network as charrnn's model of that size with --dropout 0.1: between layers and before the head."""
 
     def __init__(self, cell: str, vocab: int, hidden: int, layers: int, dropout: float = 0.1):
         super().__init__()
@@ -167,7 +167,8 @@ def cli_train_chars_per_s(corpus: Path, out: Path, cell: str, hidden: int, layer
     """charrnn train through the CLI; the mean chars/s of its log rows after the first (warm-up) one."""
     run = f"{cell}{hidden}x{layers}"
     charrnn("train", str(corpus), "--cell", cell, "--hidden-size", str(hidden), "--num-layers", str(layers),
-            "--max-steps", str(steps + 5), "--log-every", "5", "--eval-every", "100000", "--val-frac", "0.002",
+            "--seq-len", "128", "--dropout", "0.1", "--max-steps", str(steps + 5), "--log-every", "5",
+            "--eval-every", "100000", "--val-frac", "0.002",
             "--out", str(out), "--run", run, "--force", "--device", "cpu")
     rows = [json.loads(r) for r in (out / run / "metrics.jsonl").read_text().splitlines()]
     rates = [r["chars_per_s"] for r in rows if "chars_per_s" in r][1:]
@@ -190,6 +191,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and characters (a smoke run)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--only", help="measure only the models whose label starts with this, e.g. rnn")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -207,7 +209,7 @@ def main() -> None:
     log(f"# fp32 matmul peak (2048^3): {peak:,.0f} GFLOP/s")
     log("| model | measure | charrnn | reference | ratio | note |")
     log("|---|---|---:|---:|---:|---|")
-    for label, cell, hidden, layers in MODELS:
+    for label, cell, hidden, layers in [m for m in MODELS if m[0].startswith(args.only or "")]:
         train_rate = max(cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps),
                          cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps))
         plain_rate = max(plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps),
@@ -221,7 +223,8 @@ def main() -> None:
         log(f"| {label} | train chars/s (fp32, B 32, T 128) | {train_rate:,.0f} | {plain_rate:,.0f} | "
             f"{train_rate / plain_rate:.2f}x | MFU {mfu:.0%} |")
         bound = 1 / matvec_step_s(model)
-        fast = cli_sample_chars_per_s(ckpt, n1)
+        # at least about 4 s of sampling, so the start-up's noise (tenths of a second) stays small against it
+        fast = cli_sample_chars_per_s(ckpt, n1 if args.quick else max(n1, int(bound * 4)))
         naive = naive_chars_per_s(ckpt, n1)
         weight_mb = sum(p.numel() * 4 for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n) / 1e6
         log(f"| {label} | sample chars/s, batch 1 (CLI) | {fast:,.0f} | {naive:,.0f} | {fast / naive:.2f}x | "
@@ -233,6 +236,9 @@ def main() -> None:
         log(f"| {label} | sample chars/s, 64 streams (CLI) | {fast64:,.0f} | {naive64:,.0f} | "
             f"{fast64 / naive64:.2f}x | {util:.0%} of matmul peak |")
     ckpt = work / "lstm512x2" / "last.safetensors"
+    if not ckpt.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        return
     first, torch_s = startup(ckpt)
     log(f"| lstm 2x512 | start-up: sample -n 1 vs import torch (s) | {first:.2f} | {torch_s:.2f} | "
         f"+{first - torch_s:.2f} s | |")

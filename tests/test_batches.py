@@ -151,7 +151,8 @@ def test_corpus_split_holds_out_the_contiguous_tail():
     text = "abcdefghij" * 100
     vocab = Vocab.from_text(text)
     c = Corpus("t", vocab, vocab.encode(text), "sha256:x")
-    train, val = c.split(0.1)
+    train, val = c.split(0.1, 0)
+    assert [len(v) for v in c.split(0.1, 40)] == [960, 40] and len(c.split(0.1, 100)[1]) == 100  # capped
     assert len(val) == 100 and len(train) == 900
     assert vocab.decode(train) + vocab.decode(val) == text
     assert vocab.decode(val) == text[-100:]

@@ -88,7 +88,7 @@ def test_train_sample_info_round_trip(cell, corpus, in_tmp):
     assert info.exit_code == 0, info.stderr
     fields = info_fields(info.stdout)
     assert fields["checkpoint"] == str(Path("checkpoints") / "tiny" / "best.safetensors")
-    assert re.fullmatch(rf"{cell}, 1 layers? x 16 units, embed 8, dropout 0\.1", fields["model"]), fields["model"]
+    assert re.fullmatch(rf"{cell}, 1 layers? x 16 units, embed 8, dropout 0\.0", fields["model"]), fields["model"]
     assert fields["parameters"] == f"{n_params(cell, len(vocab), 8, 16, 1):,}"
     assert fields["vocabulary"].startswith(f"{len(vocab)} characters: ")
     assert re.match(r"step 6, epoch [\d.]+, ", fields["progress"]), fields["progress"]
@@ -205,7 +205,7 @@ def test_info_on_a_run_directory(corpus, in_tmp):
     assert out.exit_code == 0, out.stderr
     fields = info_fields(out.stdout)
     assert fields["checkpoint"] == str(in_tmp / "checkpoints" / "tiny" / "best.safetensors")  # the best weights
-    assert fields["model"].startswith("lstm, ")
+    assert fields["model"].startswith("gru, ")  # the default cell
     assert re.match(r"step 6, epoch [\d.]+, ", fields["progress"]), fields["progress"]  # steps trained
 
 
@@ -297,7 +297,7 @@ def test_checkpoint_files_are_safetensors_with_metadata(corpus, in_tmp):
         m = meta_of(path)
         assert isinstance(m["format"], int)
         assert m["vocab"] == sorted(set(corpus.read_text(encoding="utf-8")))
-        assert m["model"]["cell"] == "lstm" and m["model"]["hidden_size"] == 16
+        assert m["model"]["cell"] == "gru" and m["model"]["hidden_size"] == 16
         assert m["train"]["batch_size"] == 4 and m["train"]["seq_len"] == 16
         assert m["progress"]["step"] == 6
         assert "epoch" in m["progress"] and "elapsed_s" in m["progress"]

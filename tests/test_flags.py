@@ -189,7 +189,7 @@ def test_info_says_one_layer_and_the_fractional_epoch(corpus):
     train_tiny(corpus, steps=5)
     result = cli("info", "checkpoints/tiny")
     assert result.exit_code == 0, result.stderr
-    assert "lstm, 1 layer x 16 units" in result.stdout
+    assert "gru, 1 layer x 16 units" in result.stdout
     _, meta = checkpoint.load(Path("checkpoints/tiny/last.safetensors"))
     # tiny: 6,000 characters, 600 held out; 4 streams of 1,349 characters, 84 windows of 16 per epoch
     assert meta["epoch"] == pytest.approx(5 / 84)

@@ -171,7 +171,7 @@ RESUME_ONLY = [
     ("optim-step-wrong-shape", set_tensor("optim.1.step", lambda s: torch.zeros(2)), ["optimizer state optim.1.*"]),
     ("state-wrong-batch", set_tensor("state.0", lambda s: torch.zeros(s.shape[0], s.shape[1] + 1, s.shape[2])),
      ["carried state"]),
-    ("state-wrong-width", set_tensor("state.1", lambda s: torch.zeros(s.shape[0], s.shape[1], s.shape[2] - 1)),
+    ("state-wrong-width", set_tensor("state.0", lambda s: torch.zeros(s.shape[0], s.shape[1], s.shape[2] - 1)),
      ["carried state"]),
     ("window-far-past-the-end", lambda t, m: m["progress"].update(window=10**6),
      ["stream cursor (1000000)", "windows"]),

@@ -187,9 +187,9 @@ def test_resume_refuses_a_different_corpus_unless_forced(corpus, tmp_path):
 
 def test_resume_refuses_different_model_flags(corpus):
     train(corpus, "f", "--max-steps", "4")
-    result = cli("train", corpus, "--run", "f", "--resume", "--hidden-size", "32", "--cell", "gru", *CPU)
+    result = cli("train", corpus, "--run", "f", "--resume", "--hidden-size", "32", "--cell", "rnn", *CPU)
     assert result.exit_code == 2
-    assert "--hidden-size 32 (the run has 16)" in result.stderr and "--cell gru (the run has lstm)" in result.stderr
+    assert "--hidden-size 32 (the run has 16)" in result.stderr and "--cell rnn (the run has gru)" in result.stderr
 
 
 def test_resume_without_a_run_says_so(corpus):
