@@ -235,7 +235,7 @@ def test_find_renders_the_best_unit_and_max_chars_bounds_only_the_rendering(mode
     lines = out.stdout.splitlines()
     assert len(lines) == 40
     best = [float(line.split("\t")[1]) for line in lines]
-    inside = signals.quote(QUOTES[:40])
+    inside = signals.quote(QUOTES)[:40]
     assert all((v > 0.5) == bool(q) for v, q in zip(best, inside, strict=True))  # the planted unit, shown
     assert table.splitlines()[1].split()[0] == "0:9"
 
@@ -361,6 +361,9 @@ def test_the_html_page_stands_alone_and_escapes_the_text(models):
     for remote in ("http://", "https://", "src=", "url(", "@import", "<link"):
         assert remote not in page
     assert "</script>\"" not in page and "<script>alert" not in page
+    body = page[page.index('<div class="text"') : page.index("<script")]  # the two blocks
+    assert re.sub(r"</?(span|div|h2)[ >]", "", body).count("<") == 0  # no < of the text left raw
+    assert body.count("&lt;") == 2 * text.count("<") and body.count("&amp;") == 2 * text.count("&")
 
 
 def test_find_with_html_puts_the_table_on_stdout(models):
