@@ -382,6 +382,93 @@ def info_(checkpoint: Checkpoint = None, threads: Threads = None) -> None:
     write_stream([describe(checkpoint) + "\n"])
 
 
+@app.command()
+@reports_errors
+def cells(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="UTF-8 text to read, or - for stdin.")],
+    checkpoint: CheckpointOpt = None,
+    unit: Annotated[list[str] | None, typer.Option("--unit", "-u", metavar="LAYER:INDEX", help="A unit to show: "
+                                                   "layer and index, both counted from 0 (0:17 is the first "
+                                                   "layer's unit 17). Repeatable.")] = None,
+    state: Annotated[str | None, typer.Option(help="cell (an LSTM's cell state, as tanh(c)) or hidden. Default: "
+                                              "cell for an LSTM, hidden for a GRU or RNN; --find scores both "
+                                              "states of an LSTM unless --state is given.")] = None,
+    values: Annotated[bool, typer.Option("--values", help="Write char<TAB>value lines even at a terminal (one "
+                                         "value column per --unit).")] = False,
+    html: Annotated[Path | None, typer.Option("--html", metavar="PAGE.html", help="Write a standalone HTML page "
+                                              "(one block per unit; hover a character for its value and the five "
+                                              "likeliest next characters) instead of the text on stdout.")] = None,
+    find: Annotated[str | None, typer.Option(metavar="PREDICATE", help="Rank every unit by the correlation of its "
+                                             "values with a signal over the whole text and show the best (or "
+                                             "the --unit units): quote, comment, line-position, indent, brackets "
+                                             "or regex:PATTERN.")] = None,
+    top: Annotated[int, typer.Option(help="Units in the --find table.")] = 10,
+    max_chars: Annotated[int | None, typer.Option(help="Show only the first N characters (0: none, for the "
+                                                  "--find table alone); --find still reads the whole text. "
+                                                  "Default: all.")] = None,
+    device: Device = "auto",
+    threads: Threads = None,
+) -> None:
+    """Show what single units of a model do: FILE with each character
+    coloured by a unit's value once the model has read it, from blue (-1)
+    through white (0) to red (+1).
+
+    At a terminal (or with FORCE_COLOR set) the text is written with 24-bit
+    background colours; otherwise, or with --values, one line per
+    character: the character (a newline, tab or backslash as \\n, \\t,
+    \\\\; other control characters escaped likewise), a tab and the value.
+    Characters outside the model's vocabulary are left out, with a warning.
+
+    --find's table (unit, state, correlation; best first, in columns)
+    goes to stdout when the text does not (with --html, or --max-chars 0),
+    else to stderr. Signals, each the value once a character is read:
+    quote: 1 inside a '...' or "..." span closed on its line, from the
+    opening quote to before the closing one; comment: 1 inside #, // and
+    /* */ comments (quoted spans skipped); line-position: characters since
+    the last newline; indent: leading spaces and tabs of the line;
+    brackets: depth of ( [ {; regex:PATTERN: 1 inside a match (Python re).
+
+    Exit status: 0 ok, also when stdout closes early; 1: unreadable text,
+    checkpoint or page; 2: bad options.
+    """
+    from charrnn.signals import parse
+
+    pairs = [parse_unit(spec) for spec in unit or []]
+    if find is not None:
+        parse(find)
+    elif not pairs:
+        raise UsageError("name a unit with --unit LAYER:INDEX (e.g. --unit 0:0), or let --find PREDICATE pick one")
+    if state not in (None, "cell", "hidden"):
+        raise UsageError(f"--state {state!r}: expected cell or hidden")
+    if top < 1 or (max_chars is not None and max_chars < 0):
+        raise UsageError(f"--top must be at least 1 and --max-chars at least 0 (got {top} and {max_chars})")
+    if html is not None and not html.parent.is_dir():
+        raise UsageError(f"--html {html}: no directory {html.parent}")
+    if file == "-" and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError("give a FILE to read, or pipe text in (e.g. cat notes.py | charrnn cells - --find quote)")
+    from rich.console import Console
+
+    from charrnn.commands import cells_report
+    from charrnn.device import set_threads
+
+    set_threads(threads)
+    colour = sys.stdout is not None and Console(file=sys.stdout).is_terminal
+    chunks = cells_report(file, checkpoint, pairs, state, find, top, max_chars, html, values, colour, device)
+    if html is None or values or find is not None:
+        write_stream(chunks)
+    else:  # the page alone: stdout is not needed
+        for _ in chunks:
+            pass
+
+
+def parse_unit(spec: str) -> tuple[int, int]:
+    """--unit LAYER:INDEX -> (layer, index); the ranges are checked once the model is loaded."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
+    if not m:
+        raise UsageError(f"--unit {spec!r}: expected LAYER:INDEX, two numbers counted from 0, e.g. --unit 0:17")
+    return int(m[1]), int(m[2])
+
+
 @corpus_app.command("list")
 @reports_errors
 def corpus_list() -> None:

@@ -305,3 +305,44 @@ def describe(target: Path | None) -> str:
     return "\n".join(lines)
 
 
+def cells_report(source: str, target: Path | None, pairs: list[tuple[int, int]], state: str | None,
+                 find: str | None, top: int, max_chars: int | None, page: Path | None, values: bool,
+                 colour: bool, device_name: str) -> Iterator[str]:
+    """`charrnn cells`: yields what goes to stdout (the text, coloured or as value lines, unless only --html
+    was asked for; the --find table when the text does not go to stdout), says the rest on stderr and writes
+    the --html page. Characters outside the model's vocabulary are left out, with a warning."""
+    from charrnn import cells, cellview, signals
+    from charrnn.score import drop_unknown
+
+    signal = signals.parse(find) if find else None
+    model, vocab, meta, device, _ = load_chosen(target, device_name, "fp32", "reading")
+    states, units = cells.states_of(model, state), cells.check_units(model, pairs, state)
+    name, text = corpus.read_text(source)
+    text, unknown = drop_unknown(vocab, text)
+    if unknown:
+        warn(f"characters outside the model's vocabulary left out: {''.join(unknown)!r}")
+    if not text:
+        raise CharrnnError(f"{name} has no characters in the model's vocabulary; nothing to read")
+    ids = vocab.encode(text)  # (N,)
+    shown = text[:max_chars] if max_chars is not None else text
+    to_stdout = bool(shown) and (page is None or values)
+    found: dict = {}
+    if signal is not None:
+        ranked = cells.rank(model, ids, signal(text), states, device)
+        found, units = dict(ranked), units or [ranked[0][0]]
+        for line in cells.table(ranked[:top]):
+            if to_stdout:  # the text goes there
+                info(line)
+            else:
+                yield line + "\n"
+    if len(shown) < len(text):
+        note(f"showing the first {len(shown):,} of {len(text):,} characters")
+    if shown:
+        rec = cells.collect(model, ids[: len(shown)], units, device)
+        labels = [f"layer {u.layer}, unit {u.index} ({u}), {u.state} state"
+                  + (f": correlation {found[u]:+.3f} with {find}" if u in found else "") for u in units]
+        if page is not None:
+            title = f"charrnn cells: {name}, model trained on {meta['corpus']['name']}"
+            cellview.write_page(page, cellview.report_page(title, shown, units, labels, rec, vocab))
+        if to_stdout:
+            yield from cellview.lines(shown, labels, rec.values, colour and not values)
