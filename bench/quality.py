@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import speed  # noqa: E402
 from speed import SHAKESPEARE, cpu_name  # noqa: E402
 
 LOG = Path(__file__).resolve().parent / "quality.log"
@@ -60,9 +61,7 @@ def big_corpus(corpus: Path, mb: int, work: Path) -> None:
 
 
 def log(line: str) -> None:
-    print(line, flush=True)
-    with open(LOG, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
+    speed.log(line, LOG)
 
 
 def main() -> None:

@@ -181,9 +181,10 @@ def startup(ckpt: Path) -> tuple[float, float]:
     return first, torch_s
 
 
-def log(line: str) -> None:
+def log(line: str, path: Path = LOG) -> None:
+    """Print a line and append it to the log as it comes."""
     print(line, flush=True)
-    with open(LOG, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(line + "\n")
 
 
