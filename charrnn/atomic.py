@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from charrnn.errors import CharrnnError
+
 HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
 TAG = re.compile(r"~(\d+)@([A-Za-z0-9.-]+)~")  # ~PID@HOST~ in a temporary file's name
 UNTAGGED_STALE_S = 24 * 3600  # a temporary file without a tag (or from another host) is stale after a day
@@ -71,6 +73,16 @@ def replacing(path: Path, mode: str = "wb", **open_kw):
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def writing(path: Path, mode: str = "wb", **open_kw):
+    """replacing(path), for a file the user named: a failure (disk full, no permission) is one line naming it."""
+    try:
+        with replacing(path, mode, **open_kw) as f:
+            yield f
+    except OSError as e:
+        raise CharrnnError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def umask() -> int:

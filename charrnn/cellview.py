@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.atomic import replacing
+from charrnn.atomic import writing
 from charrnn.console import info
-from charrnn.errors import CharrnnError
 
 WHITE, BLUE, RED = np.array([255, 255, 255]), np.array([33, 102, 204]), np.array([214, 39, 40])
 
@@ -143,9 +142,6 @@ def report_page(title: str, text: str, units: list, labels: list[str], rec, voca
 
 def write_page(path: Path, content: str) -> None:
     """Write the page atomically; a failure is one line naming the file."""
-    try:
-        with replacing(path, "w", encoding="utf-8") as f:
-            f.write(content)
-    except OSError as e:
-        raise CharrnnError(f"cannot write {path}: {e.strerror or e}") from None
+    with writing(path, "w", encoding="utf-8") as f:
+        f.write(content)
     info(f"wrote {path}")

@@ -363,9 +363,9 @@ def plot(
         info(plots.text(curves))
         raise CharrnnError("matplotlib is not installed, so no figure was written (the text curve is above); "
                            "install it with: pip install 'charrnn[plot]'") from None
-    from charrnn.atomic import replacing
+    from charrnn.atomic import writing
 
-    with replacing(output) as tmp:
+    with writing(output) as tmp:
         plots.figure(curves, tmp, output.suffix[1:].lower())
     info(f"wrote {output}")
 

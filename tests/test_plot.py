@@ -116,3 +116,11 @@ def read_fixed():
     from charrnn.plot import Curves
 
     return Curves("x", train=[(1, 0.0, 3.0), (2, 0.1, 2.0)], val=[(2, 0.1, 2.5)])
+
+
+def test_a_figure_that_cannot_be_written_is_one_line(runs):
+    pytest.importorskip("matplotlib")
+    Path("taken.png").mkdir()  # a directory where the file should go
+    result = cli("plot", runs / "tiny", "-o", "taken.png")
+    assert result.exit_code == 1 and result.stderr.startswith("error: cannot write taken.png"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not list(Path().glob(".taken.png*"))
