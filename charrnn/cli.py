@@ -425,8 +425,8 @@ def cells(
     quote: 1 inside a '...' or "..." span closed on its line, from the
     opening quote to before the closing one; comment: 1 inside #, // and
     /* */ comments (quoted spans skipped); line-position: characters since
-    the last newline; indent: leading spaces and tabs of the line;
-    brackets: depth of ( [ {; regex:PATTERN: 1 inside a match (Python re).
+    the last newline; indent: leading spaces and tabs of the line, read so
+    far; brackets: depth of ( [ {; regex:PATTERN: 1 inside a match (Python re).
 
     Exit status: 0 ok, also when stdout closes early; 1: unreadable text,
     checkpoint or page; 2: bad options.

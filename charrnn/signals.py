@@ -66,11 +66,14 @@ def line_position(text: str) -> np.ndarray:
 
 
 def indent(text: str) -> np.ndarray:
-    """The width of the current line's leading whitespace, each space and each tab counting 1, for every
-    character of the line (its newline included); a line of whitespace alone is all indent."""
+    """The width of the current line's leading whitespace read so far, each space and each tab counting 1: in
+    the leading whitespace it counts up (1 after its first character), from the line's first other character
+    to its newline it is the whole width; a line of whitespace alone counts up to its newline."""
     out = np.zeros(len(text))
     for m in re.finditer(r"([ \t]*)[^\n]*\n?", text):
-        out[m.start() : m.end()] = len(m[1])
+        start, width = m.start(), len(m[1])
+        out[start : start + width] = np.arange(1, width + 1)
+        out[start + width : m.end()] = width
     return out
 
 

@@ -155,7 +155,7 @@ def test_comment(text, expected):
 
 def test_line_position_indent_brackets_and_regex():
     assert signals.line_position("ab\ncd\n\ne").tolist() == [1, 2, 0, 1, 2, 0, 0, 1]
-    assert signals.indent("  a\n\tb c\nd\n   ").tolist() == [2, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0, 3, 3, 3]
+    assert signals.indent("  a\n\tb c\nd\n   ").tolist() == [1, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0, 1, 2, 3]
     assert signals.brackets("f(a[b]{c})) (").tolist() == [0, 1, 1, 2, 2, 1, 2, 2, 1, 0, 0, 0, 1]
     assert signals.parse("regex:b+")("abbcb").tolist() == [0, 1, 1, 0, 1]
     assert signals.parse("regex:x*")("ab").tolist() == [0, 0]  # empty matches mark nothing
