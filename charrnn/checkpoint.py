@@ -19,6 +19,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from charrnn import config
+from charrnn.adamw import AdamW
 from charrnn.atomic import remove_stale, replacing
 from charrnn.errors import CheckpointError
 
@@ -160,7 +161,7 @@ def split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+def pack_optimizer(optimizer: AdamW) -> tuple[dict[str, torch.Tensor], list]:
     """Optimizer state as optim.<param>.<key> tensors plus JSON param groups (kept for reference: the groups
     are rebuilt from the run's config on resume, so no setting is read back from the file)."""
     sd = optimizer.state_dict()
@@ -168,7 +169,7 @@ def pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Te
     return tensors, sd["param_groups"]
 
 
-def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+def unpack_optimizer(optimizer: AdamW, tensors: dict[str, torch.Tensor]) -> None:
     """Load AdamW's moments and step counts, each checked against its parameter's shape (a mismatch
     would otherwise surface as an error midway through the next step)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]

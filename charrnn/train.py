@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from charrnn.adamw import AdamW
 from charrnn.batches import Streams
 from charrnn.config import TrainConfig
 from charrnn.device import autocast
@@ -75,7 +76,7 @@ def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: 
 class Trainer:
     def __init__(self, model: CharRNN, cfg: TrainConfig, train: Streams, val: Streams, device: torch.device):
         self.model, self.cfg, self.train, self.val, self.device = model, cfg, train, val, device
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.state: State = model.init_state(cfg.batch_size, device)
         self.progress = Progress()
         self.listeners: list[Callable[[Event], None]] = []
