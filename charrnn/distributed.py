@@ -17,6 +17,7 @@ import datetime
 import functools
 import os
 import re
+import signal
 
 import torch
 import torch.distributed as dist
@@ -138,7 +139,7 @@ class DistTrainer(Trainer):
 
     def __init__(self, model, cfg, train, val, device, group: Group):
         self.group, self.agreed_signal, self.local_signal = group, 0, 0
-        self.running, self.frac, self.snapshot = False, 0.0, {}
+        self.running, self.done, self.frac, self.snapshot = False, False, 0.0, {}
         super().__init__(model, cfg, train.rows(*group.place.shard(train.batch_size)),
                          val.rows(*group.place.shard(val.batch_size)), device)
         if group.place.rank:  # rank 0 keeps the single-process generator; the others draw their own dropout
@@ -158,7 +159,9 @@ class DistTrainer(Trainer):
     def run(self):
         self.running = True
         try:
-            return super().run()
+            progress = super().run()
+            self.done = True  # every rank ended at the same step boundary (the budget, or an agreed stop)
+            return progress
         finally:
             self.running = False
 
@@ -255,7 +258,7 @@ def train_run(inputs: list[str], glob: str | None, out, name: str, given: dict, 
                                                                               place.device)
     place.check_batch(cfg.batch_size, resume, directory)
     group = Group(place, device)
-    created: list = []
+    created, trainer = [], None
     try:
         with group.agreed():
             created = run.claim(directory, force, resume) if place.rank == 0 else []
@@ -276,12 +279,20 @@ def train_run(inputs: list[str], glob: str | None, out, name: str, given: dict, 
         info(f"distributed: {place.world} processes ({dist.get_backend()}), {cfg.batch_size // place.world} of the "
              f"{cfg.batch_size} streams each")
         train(trainer, text, directory, inputs)
-    except BaseException as e:
+    except BaseException:
         if place.rank == 0:
             run.release(directory, created)
-        if isinstance(e, Interrupted):  # every process stopped at the same step
-            dist.destroy_process_group()
+        if trainer is not None and trainer.done:  # stopped by a signal, at the same step as every other process
+            close(trainer)
         raise
+    close(trainer)
+
+
+def close(trainer: DistTrainer) -> None:
+    """Leave the group together: DDP (whose reducer holds the group) goes first, then a barrier, so no process
+    tears its connections down while another still uses them."""
+    trainer.forward = trainer.model
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -289,6 +300,12 @@ def train(trainer: DistTrainer, text: corpus.Corpus, directory, inputs: list[str
     """Rank 0 trains with the listeners and says what happens; the others follow. A failed collective (another
     process died, or did not answer within TIMEOUT) ends every rank with one line from the first to see it."""
     group, place = trainer.group, trainer.group.place
+
+    def hold(sig, frame):  # outside stop_on_signals, for the rest of the process: once one process has failed,
+        trainer.stop_signal = trainer.stop_signal or sig  # torchrun signals the others, which must still say why
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, hold)
     try:
         if place.rank == 0:
             commands.train_loop(trainer, text, directory, inputs, place.launcher())
@@ -301,15 +318,21 @@ def train(trainer: DistTrainer, text: corpus.Corpus, directory, inputs: list[str
     except RuntimeError as e:  # torch.distributed's errors, from a collective or from DDP inside backward()
         if not lost(e):
             raise
-        cause = re.sub(r"^\[[^\]]*\] ", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
-        cause = cause.split(". ")[0].rstrip(".")
-        if not group.first_to_report():
-            raise quiet(1) from None
-        console.quiet = False
-        again = commands.resume_command(place.launcher(), inputs, directory)
-        raise CharrnnError(f"training stopped on rank {place.rank} of {place.world}: {cause} (another process of "
-                           f"the run failed, was killed or stopped answering); {run.last_good(directory)}; resume "
-                           f"with: {again}") from None
+        raise failure(e, group, directory, inputs) from None
+
+
+def failure(e: RuntimeError, group: Group, directory, inputs: list[str]) -> CharrnnError:
+    """The one line that says a collective failed, from the first process to see it; quiet from the others."""
+    place = group.place
+    cause = re.sub(r"^\[[^\]]*\] ", "", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    cause = cause.split(". ")[0].rstrip(".")
+    if not group.first_to_report():
+        return quiet(1)
+    console.quiet = False
+    again = commands.resume_command(place.launcher(), inputs, directory)
+    return CharrnnError(f"training stopped on rank {place.rank} of {place.world}: {cause} (another process of the "
+                        f"run failed, was killed or stopped answering); {run.last_good(directory)}; resume with: "
+                        f"{again}")
 
 
 def lost(e: RuntimeError) -> bool:
