@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -36,6 +37,14 @@ class Streams:
         """Windows per epoch. With full_windows=False a shorter last window takes the remainder."""
         whole, rest = divmod(self.stream_len, self.seq_len)
         return whole + (0 if self.full_windows or rest == 0 else 1)
+
+    def rows(self, lo: int, hi: int) -> Streams:
+        """Streams lo .. hi-1 alone (views), as one process of a distributed run reads them; the characters past
+        the streams go with the last stream."""
+        part = copy.copy(self)
+        part.batch_size, part.x, part.y = hi - lo, self.x[lo:hi], self.y[lo:hi]  # (hi - lo, L) each
+        part.rest = self.rest if hi == self.batch_size else self.rest[:0]
+        return part
 
     def window(self, w: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (B, T) int64: inputs and next-character targets."""

@@ -18,7 +18,7 @@ from charrnn import device as devices
 from charrnn.batches import Streams, evaluation_streams, min_chars
 from charrnn.checkpoint import LAST
 from charrnn.config import MAX_PARAMS, ModelConfig, SampleConfig, TrainConfig
-from charrnn.console import TrainReport, info, nats_bits, note, warn
+from charrnn.console import TrainReport, info, launched, nats_bits, note, warn
 from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
 from charrnn.model import CharRNN, num_params
 from charrnn.sample import generate, generate_batch, in_order
@@ -53,17 +53,13 @@ def train_run(inputs: list[str], glob: str | None, out: Path, name: str, given: 
     """Train a new run in OUT/NAME, or (resume) continue the one there exactly where it stopped.
 
     Everything is validated before anything is written; a forced-over run is removed only once the new one
-    is ready to start; a failure removes the directories this command created."""
-    run.check_name(name)
-    refuse_checkpoints(inputs)
-    directory = out / name
-    tensors, meta = run.read_last(directory) if resume else ({}, None)
-    model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
-    device = devices.pick(cfg.device)
-    cfg.precision = devices.precision(cfg.precision, device)  # the run stores what auto chose; resume keeps it
-    if meta and cfg.precision != meta["train"].get("precision", cfg.precision):
-        raise UsageError(f"{directory} trains in {meta['train']['precision']} and resume keeps it; leave out "
-                         "--precision")
+    is ready to start; a failure removes the directories this command created. Under torchrun, each process
+    runs distributed.train_run instead."""
+    if launched():
+        from charrnn import distributed
+
+        return distributed.train_run(inputs, glob, out, name, given, force, resume)
+    directory, tensors, meta, model_cfg, cfg, device = train_settings(inputs, out, name, given, resume, devices.pick)
     created = run.claim(directory, force, resume)
     try:
         with abort_on_signals():
@@ -77,6 +73,22 @@ def train_run(inputs: list[str], glob: str | None, out: Path, name: str, given: 
     except BaseException:
         run.release(directory, created)
         raise
+
+
+def train_settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool, pick) -> tuple:
+    """What train checks before it writes anything: (directory, tensors and metadata of the run resumed (else {}
+    and None), ModelConfig, TrainConfig, device); pick(name) chooses the device."""
+    run.check_name(name)
+    refuse_checkpoints(inputs)
+    directory = out / name
+    tensors, meta = run.read_last(directory) if resume else ({}, None)
+    model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
+    device = pick(cfg.device)
+    cfg.precision = devices.precision(cfg.precision, device)  # the run stores what auto chose; resume keeps it
+    if meta and cfg.precision != meta["train"].get("precision", cfg.precision):
+        raise UsageError(f"{directory} trains in {meta['train']['precision']} and resume keeps it; leave out "
+                         "--precision")
+    return directory, tensors, meta, model_cfg, cfg, device
 
 
 def refuse_checkpoints(inputs: list[str]) -> None:
@@ -118,8 +130,10 @@ def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, di
     info(f"resuming {directory} at step {trainer.progress.step}")
 
 
-def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str]) -> None:
-    """Run the trainer with its listeners; signals save and stop at the next step boundary."""
+def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str],
+               launcher: tuple[str, ...] = ("charrnn",)) -> None:
+    """Run the trainer with its listeners; signals save and stop at the next step boundary. launcher: how the
+    resume command that a signal prints starts."""
     model_cfg, cfg = trainer.model.cfg, trainer.cfg
     held = corpus.held_out(len(text.ids), cfg.val_frac, cfg.val_chars)
     info(f"{text.name}: {len(text.ids):,} characters ({held:,} held out), {len(text.vocab)} distinct; {model_cfg.cell} "
@@ -141,14 +155,18 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
             raise CharrnnError(f"{e}; {recorder.last_good()}") from None
         except KeyboardInterrupt:
             raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
-    if received:
-        again = shlex.join(["charrnn", "train", *inputs, "--out", str(directory.parent), "--run", directory.name,
-                            "--resume"])
-        info(f"stopped by {signal.Signals(received[0]).name} at step {p.step}; saved {directory / LAST}. "
-             f"Resume with: {again}")
-        raise Interrupted(128 + received[0])
+    if received or trainer.stop_signal:  # the signal this process received, or (distributed) another's
+        sig = received[0] if received else trainer.stop_signal
+        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
+             f"Resume with: {resume_command(launcher, inputs, directory)}")
+        raise Interrupted(128 + sig)
     info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
          f"{p.elapsed_s:.0f} s; files in {directory}/; plot the losses: charrnn plot {shlex.quote(str(directory))}")
+
+
+def resume_command(launcher: tuple[str, ...], inputs: list[str], directory: Path) -> str:
+    return shlex.join([*launcher, "train", *inputs, "--out", str(directory.parent), "--run", directory.name,
+                       "--resume"])
 
 
 def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
@@ -165,8 +183,9 @@ def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConf
     return text
 
 
-def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device) -> Trainer:
-    """A fresh, seeded model and trainer over the corpus's train and validation splits."""
+def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device, make=Trainer) -> Trainer:
+    """A fresh, seeded model and trainer (made by make: Trainer's signature) over the corpus's train and
+    validation splits."""
     train_ids, val_ids = text.split(cfg.val_frac, cfg.val_chars)
     devices.seed_all(cfg.seed)
     model_cfg.vocab_size = len(text.vocab)
@@ -181,7 +200,7 @@ def build_trainer(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig,
         raise CharrnnError(f"a {size:,}-parameter model does not fit in memory on {device}; lower --hidden-size, "
                            "--num-layers or --embed-size") from None
     val = evaluation_streams(val_ids, cfg.batch_size, cfg.seq_len)
-    return Trainer(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
+    return make(model, cfg, Streams(train_ids, cfg.batch_size, cfg.seq_len), val, device)
 
 
 def preview(trainer: Trainer, vocab) -> str:
@@ -202,6 +221,7 @@ def stop_on_signals(trainer: Trainer):
             raise KeyboardInterrupt
         received.append(sig)
         trainer.stop_requested = True
+        trainer.stop_signal = trainer.stop_signal or sig
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -44,7 +44,12 @@ class Stderr(io.TextIOBase):
         return getattr(self.target(), "encoding", None) or "utf-8"
 
 
-console = Console(file=Stderr(), highlight=False)
+def launched() -> bool:
+    """Whether torchrun (or a launcher like it) started this process, as one of a distributed run."""
+    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
+
+
+console = Console(file=Stderr(), highlight=False, quiet=launched() and os.environ["RANK"] != "0")  # rank 0 speaks
 LN2 = math.log(2)
 
 

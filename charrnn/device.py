@@ -31,8 +31,9 @@ def available_cores() -> int:
 
 
 def set_threads(n: int | None) -> int:
-    """--threads: torch's intra-op threads; None = the cores available to the process."""
-    n = available_cores() if n is None else n
+    """--threads: torch's intra-op threads; None = the cores available to the process, shared out among the
+    processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    n = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if n is None else n
     if not 1 <= n <= 4096:
         raise UsageError(f"--threads must be from 1 to 4096, not {n}")
     torch.set_num_threads(n)

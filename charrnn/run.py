@@ -121,10 +121,7 @@ class Recorder:
         if full:
             optim, meta["optim_groups"] = checkpoint.pack_optimizer(t.optimizer)
             tensors.update(optim)
-            tensors.update({f"state.{i}": s for i, s in enumerate(t.state)})
-            tensors["rng.torch"] = torch.get_rng_state()
-            if t.device.type == "cuda":
-                tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+            tensors.update(t.carried())
             meta["rng_python"] = random.getstate()
         try:
             checkpoint.save(self.directory / name, tensors, meta)
@@ -133,11 +130,15 @@ class Recorder:
         self.saved_step = t.progress.step
 
     def last_good(self) -> str:
-        """Names the checkpoint on disk (read back: a save interrupted after its rename is in place)."""
-        step = checkpoint.saved_step(self.directory / LAST)
-        if step is None:
-            return "no checkpoint had been written yet"
-        return f"the last good checkpoint is {self.directory / LAST} (step {step})"
+        return last_good(self.directory)
+
+
+def last_good(directory: Path) -> str:
+    """Names the checkpoint on disk (read back: a save interrupted after its rename is in place)."""
+    step = checkpoint.saved_step(directory / LAST)
+    if step is None:
+        return "no checkpoint had been written yet"
+    return f"the last good checkpoint is {directory / LAST} (step {step})"
 
 
 def logged_by(row: str, trainer: Trainer) -> bool:

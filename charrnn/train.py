@@ -50,10 +50,16 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: float, time_frac: float) -> 
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
 
 
-@torch.no_grad()
 def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: str = "fp32") -> float:
     """Mean loss (nats per character) over every window of streams, state carried, no dropout, then over the
     characters past the streams: every character but the first is predicted exactly once."""
+    total, count = evaluate_sums(model, streams, device, precision)
+    return total / count
+
+
+@torch.no_grad()
+def evaluate_sums(model: CharRNN, streams: Streams, device: torch.device, precision: str = "fp32") -> tuple[float, int]:
+    """(summed loss in nats, characters predicted) over streams, as evaluate reads them."""
     was_training = model.training
     model.eval()
     state, total, count = None, 0.0, 0
@@ -70,17 +76,19 @@ def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: 
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
-    return total / count
+    return total, count
 
 
 class Trainer:
     def __init__(self, model: CharRNN, cfg: TrainConfig, train: Streams, val: Streams, device: torch.device):
         self.model, self.cfg, self.train, self.val, self.device = model, cfg, train, val, device
         self.optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.state: State = model.init_state(cfg.batch_size, device)
+        self.forward: Callable = model  # what the training step calls: the model, or its DistributedDataParallel
+        self.state: State = model.init_state(train.batch_size, device)
         self.progress = Progress()
         self.listeners: list[Callable[[Event], None]] = []
         self.stop_requested = False  # set from a signal handler; honoured at the next step boundary
+        self.stop_signal = 0  # the signal that asked for the stop (0: none)
         self.bad_in_a_row = 0  # consecutive steps skipped for non-finite values
         self.eval_s: float | None = None  # how long the last validation took (with its checkpoint saves)
         self.session = (0, 0.0)  # (step, elapsed_s) where this process started training
@@ -131,17 +139,18 @@ class Trainer:
         A non-finite loss or gradient skips the update (the window is still consumed)."""
         p = self.progress
         if p.window == 0:  # an epoch starts: every stream goes back to its beginning, with a fresh state
-            self.state = self.model.init_state(self.cfg.batch_size, self.device)
+            self.state = self.model.init_state(self.train.batch_size, self.device)
         x, y = self.train.window(p.window)  # (B, T) each
         x, y = x.to(self.device), y.to(self.device)
         lr = lr_at(self.cfg, p.step, self.decay_steps, 0.0 if self.cfg.decay_steps else self.time_frac())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(self.device, self.cfg.precision):
-            logits, state = self.model(x, self.state)  # (B, T, V)
+            logits, state = self.forward(x, self.state)  # (B, T, V)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        loss = self.mean_loss(loss.detach())
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or math.inf)
         if torch.isfinite(loss) and torch.isfinite(norm):
             self.optimizer.step()
@@ -159,9 +168,24 @@ class Trainer:
             p.window, p.epoch = 0, p.epoch + 1
         return loss.item()
 
+    def mean_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss over the whole batch (here: the loss itself; distributed: the mean over processes)."""
+        return loss
+
+    def val_loss(self) -> float:
+        return evaluate(self.model, self.val, self.device, self.cfg.precision)
+
+    def carried(self) -> dict[str, torch.Tensor]:
+        """What last.safetensors needs besides weights and optimizer: the carried state and the generators."""
+        tensors = {f"state.{i}": s for i, s in enumerate(self.state)}
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        return tensors
+
     def validate(self) -> None:
         p, start = self.progress, time.monotonic()
-        val = evaluate(self.model, self.val, self.device, self.cfg.precision)
+        val = self.val_loss()
         improved = val < p.best_val
         if improved:
             p.best_val, p.best_step = val, p.step
