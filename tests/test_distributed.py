@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,28 @@ def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resume_is_bit_i
     a, b = last("cut")[0], last("whole")[0]
     assert a.keys() == b.keys() and {"rng.rank0.torch", "rng.rank1.torch", "state.0"} <= a.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_machines_meet_through_the_rendezvous_and_train_as_one(corpus):
+    """The multi-node form: two launchers (here on one machine, as two nodes of one process each) meet through
+    c10d rendezvous; the run equals one process's, and only global rank 0 writes."""
+    node = [str(TORCHRUN), "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+            f"127.0.0.1:{free_port()}", "--rdzv-id", "charrnn-test", "-m", "charrnn", "--", "train", str(corpus),
+            *ARGS, "--run", "nodes", "--max-steps", "8"]
+    launchers = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV) for _ in range(2)]
+    said = [p.communicate(timeout=300)[1].decode() for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], said
+    assert sum(s.count("done: best val") for s in said) == 1
+    single(corpus, "one", "--max-steps", "8")
+    nodes, one = val_losses("nodes"), val_losses("one")
+    assert nodes.keys() == one.keys() == {4, 8}
+    assert all(abs(nodes[s] - one[s]) < 1e-4 for s in one), (nodes, one)
 
 
 def test_a_changed_number_of_processes_re_shards_the_streams(corpus):
