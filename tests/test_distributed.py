@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,6 +61,21 @@ def single(corpus: Path, run: str, *extra: str) -> None:
     assert result.exit_code == 0, result.stderr
 
 
+@contextlib.contextmanager
+def long_run(corpus: Path, run: str, *extra: str, until_step: int):
+    """A 2-process run with no step budget to speak of, from the moment it has logged until_step: (launcher, its
+    stderr); the launcher is killed on the way out if it still runs."""
+    proc = subprocess.Popen(launch("train", corpus, *ARGS, "--run", run, "--max-steps", "100000", *extra),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    try:
+        err = Stderr(proc)
+        err.wait_for(rf"^step {until_step} \|", timeout=120)
+        yield proc, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_two_processes_train_as_one_with_the_same_batch_and_leave_an_ordinary_run(corpus):
     said = trained(corpus, *ARGS, "--run", "two", "--max-steps", "8")
     single(corpus, "one", "--max-steps", "8")
@@ -89,18 +105,10 @@ def test_two_processes_train_as_one_with_the_same_batch_and_leave_an_ordinary_ru
 
 
 def test_sigterm_to_torchrun_stops_every_process_at_one_step_and_resume_is_bit_identical(corpus):
-    proc = subprocess.Popen(launch("train", corpus, *ARGS, "--run", "cut", "--max-steps", "100000",
-                                   "--decay-steps", "60"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-    try:
-        err = Stderr(proc)
-        err.wait_for(r"^step 3 \|", timeout=120)
+    with long_run(corpus, "cut", "--decay-steps", "60", until_step=3) as (proc, err):
         proc.send_signal(signal.SIGTERM)  # to the launcher, which forwards it to both processes
         proc.wait(timeout=60)
         text = err.rest()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     said = re.findall(r"^stopped by SIGTERM at step (\d+); saved (\S+)\. Resume with: (.+)$", text, re.M)
     assert len(said) == 1, text  # rank 0 alone speaks
     step, saved, again = int(said[0][0]), Path(said[0][1]), shlex.split(said[0][2])
@@ -177,20 +185,12 @@ def pid_of_rank(launcher: int, rank: int) -> int:
 
 
 def test_a_process_that_dies_ends_the_run_with_one_line_naming_the_last_checkpoint(corpus):
-    proc = subprocess.Popen(launch("train", corpus, *ARGS, "--run", "dies", "--max-steps", "100000",
-                                   "--save-every", "2"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    try:
-        err = Stderr(proc)
-        err.wait_for(r"^step 5 \|", timeout=120)
+    with long_run(corpus, "dies", "--save-every", "2", until_step=5) as (proc, err):
         os.kill(pid_of_rank(proc.pid, 1), signal.SIGKILL)
         start = time.monotonic()
         proc.wait(timeout=120)  # no hang
         assert time.monotonic() - start < 60
         text = err.rest()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode != 0
     said = re.findall(r"^error: training stopped on rank 0 of 2: .*; the last good checkpoint is (\S+) \(step (\d+)\); "
                       r"resume with: torchrun --nproc-per-node 2 -m charrnn -- train .* --resume$", text, re.M)
