@@ -5,7 +5,8 @@
 Prints the CPU and thread count, the machine's fp32 matmul GFLOP/s and matrix-vector bandwidth, then one table:
 - sampling chars/s through the CLI (`charrnn sample ... > /dev/null`, start-up subtracted) at batch 1 and with
   --num-samples 64, against the naive loop that calls the model's modules once per character, and against the
-  bound for batch 1: one step must read every weight once, so bound = measured matrix-vector time per step;
+  bound for batch 1: one step must read every weight once, so bound = measured matrix-vector time per step; at
+  64 streams, against the same products made for 64 rows (matrix-matrix; both loops make exactly these);
 - training chars/s through the CLI (from metrics.jsonl) against a plain Embedding -> nn.LSTM/GRU/RNN -> Linear +
   AdamW loop on the same batches and the same network (both with T 128 and dropout 0.1), and model-FLOP
   utilisation (6 x parameters x chars/s over the matmul peak);
@@ -64,11 +65,11 @@ def matmul_gflops(threads: int) -> float:
     return 2 * 2048**3 / best_time(lambda: a @ b, 5) / 1e9
 
 
-def matvec_step_s(model) -> float:
-    """Seconds to read every weight matrix of one sampling step once (the products alone, as the fused step does
-    them: a (1, in) row times a pre-transposed (in, out) matrix)."""
+def products_step_s(model, rows: int = 1) -> float:
+    """Seconds for the matrix products of one sampling step alone, as the fused step does them: (rows, in) times a
+    pre-transposed (in, out) matrix, once per weight matrix. At one row, the time to read every weight once."""
     mats = [w.detach().T.contiguous() for name, w in model.named_parameters() if w.dim() == 2 and "embed" not in name]
-    xs = [torch.randn(1, m.shape[0]) for m in mats]
+    xs = [torch.randn(rows, m.shape[0]) for m in mats]
 
     def step():
         for x, m in zip(xs, mats, strict=True):
@@ -223,7 +224,7 @@ def main() -> None:
         mfu = 6 * params * train_rate / (peak * 1e9)
         log(f"| {label} | train chars/s (fp32, B 32, T 128) | {train_rate:,.0f} | {plain_rate:,.0f} | "
             f"{train_rate / plain_rate:.2f}x | MFU {mfu:.0%} |")
-        bound = 1 / matvec_step_s(model)
+        bound = 1 / products_step_s(model)
         # at least about 4 s of sampling, so the start-up's noise (tenths of a second) stays small against it
         fast = cli_sample_chars_per_s(ckpt, n1 if args.quick else max(n1, int(bound * 4)))
         naive = naive_chars_per_s(ckpt, n1)
@@ -231,11 +232,14 @@ def main() -> None:
         log(f"| {label} | sample chars/s, batch 1 (CLI) | {fast:,.0f} | {naive:,.0f} | {fast / naive:.2f}x | "
             f"{fast / bound:.0%} of the bound {bound:,.0f}/s ({weight_mb:.1f} MB at "
             f"{weight_mb / 1e3 * bound:.1f} GB/s) |")
-        fast64 = cli_sample_chars_per_s(ckpt, n64, 64)
-        naive64 = naive_batch_chars_per_s(ckpt, 64, n64)
+        bound64 = 64 / products_step_s(model, 64)  # both loops make these very products, the same FLOPs
+        per_stream = n64 if args.quick else max(n64, int(bound64 / 64 * 4))  # again about 4 s at least
+        fast64 = cli_sample_chars_per_s(ckpt, per_stream, 64)
+        naive64 = naive_batch_chars_per_s(ckpt, 64, per_stream)
         util = 2 * params * fast64 / (peak * 1e9)
         log(f"| {label} | sample chars/s, 64 streams (CLI) | {fast64:,.0f} | {naive64:,.0f} | "
-            f"{fast64 / naive64:.2f}x | {util:.0%} of matmul peak |")
+            f"{fast64 / naive64:.2f}x | {util:.0%} of matmul peak; {fast64 / bound64:.0%} and the naive loop "
+            f"{naive64 / bound64:.0%} of the products' own {bound64:,.0f}/s |")
     ckpt = work / "lstm512x2" / "last.safetensors"
     if not ckpt.exists():
         shutil.rmtree(work, ignore_errors=True)

@@ -62,8 +62,10 @@ def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.
     if cfg.top_k or cfg.top_p < 1:
         return (filtered_logprobs(logits, cfg.temperature, cfg.top_k, cfg.top_p) + noise).argmax(dim=-1)
     if cfg.temperature < 0.05:  # a tiny temperature: with the max at 0, dividing by it never overflows
-        logits = logits - logits.amax(dim=-1, keepdim=True)  # (B, V)
-    return torch.add(logits / cfg.temperature if cfg.temperature != 1 else logits, noise).argmax(dim=-1)
+        return ((logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature + noise).argmax(dim=-1)
+    # noise + logits / T as one op: a tensor-by-Python-number op costs as much again as the add (batch 1)
+    scaled = torch.add(noise, logits, alpha=1 / cfg.temperature) if cfg.temperature != 1 else noise + logits
+    return scaled.argmax(dim=-1)
 
 
 class ModelStep:
