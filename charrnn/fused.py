@@ -105,7 +105,7 @@ class FusedStep:
         torch.addmm(self.b_hh[i], h, self.w_hh[i], out=self.hidden)  # (B, 3H)
         self.sig.add_(self.hidden_rz).sigmoid_()  # r, z
         self.tanh.addcmul_(r, self.hidden_n).tanh_()  # n = tanh(W_in x + b_in + r (W_hn h + b_hn))
-        h.sub_(self.tanh).mul_(z).add_(self.tanh)  # h = n + z (h - n)
+        torch.lerp(self.tanh, h, z, out=h)  # h = n + z (h - n): one op for three
 
 
 def supported(model: CharRNN) -> bool:
