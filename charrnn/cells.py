@@ -26,6 +26,7 @@ from charrnn.sample import ModelStep
 CHUNK = 1024  # characters per recorded block: bounds the (CHUNK, layers H) arrays held at once
 STATES = ("cell", "hidden")  # cell: tanh(c), LSTM only; hidden: h
 CONSTANT_VAR = 1e-14  # a unit or signal whose variance per character is at most this counts as constant: r = 0
+BINS = 1024  # levels at which rank correlation ranks a unit's values in [-1, 1]: values within 2/BINS may tie
 
 
 @dataclass(frozen=True)
@@ -152,23 +153,72 @@ class Correlation:
         return np.clip(np.where(flat, 0.0, r), -1.0, 1.0)
 
 
+def mean_ranks(y: np.ndarray) -> np.ndarray:
+    """(N,) ranks of y from 1, equal values sharing the mean of their ranks."""
+    _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return (np.cumsum(counts) - (counts - 1) / 2)[inverse]
+
+
+class RankCorrelation:
+    """Spearman's rank correlation of many units with one signal over a whole text, fed block by block.
+
+    The signal's ranks are known at the start; a unit's values, which lie in [-1, 1], are ranked by BINS bins
+    of equal width: per unit and bin, the count of values and the sum of the signal's centred ranks at them.
+    At the end a bin's values take the mean rank of the bin, so memory stays (U, BINS) whatever the length.
+    Values closer than a bin's width (about 0.002) may tie: a difference no colour shows, as between the
+    values of a unit saturated near -1 or +1, ranks nothing. A unit or a signal that is constant gets 0."""
+
+    def __init__(self, signal: np.ndarray):
+        ranks = mean_ranks(np.asarray(signal, dtype=np.float64)) if len(signal) else np.zeros(0)  # (N,)
+        self.yr = ranks - ranks.mean() if len(ranks) else ranks  # (N,) centred
+        self.n, self.count, self.sums = 0, None, None
+
+    def add(self, x: np.ndarray) -> None:
+        """x (n, U): the units' values at the next n characters."""
+        n, U = x.shape
+        bins = np.clip(((x.astype(np.float64) + 1) * (BINS / 2)).astype(np.int64), 0, BINS - 1)  # (n, U)
+        flat = (bins + np.arange(U) * BINS).ravel()  # (n U,): unit u's bin b at u BINS + b
+        count = np.bincount(flat, minlength=U * BINS).reshape(U, BINS)
+        sums = np.bincount(flat, np.repeat(self.yr[self.n : self.n + n], U), U * BINS).reshape(U, BINS)
+        self.count = count if self.count is None else self.count + count
+        self.sums = sums if self.sums is None else self.sums + sums
+        self.n += n
+
+    def result(self) -> np.ndarray:
+        """(U,) rank correlations in [-1, 1]."""
+        if self.count is None:
+            return np.zeros(0)
+        rank = np.cumsum(self.count, 1) - (self.count - 1) / 2 - (self.n + 1) / 2  # (U, BINS) centred mean ranks
+        cov, var = (rank * self.sums).sum(1), (self.count * rank**2).sum(1)  # (U,) each
+        syy = float(self.yr[: self.n] @ self.yr[: self.n])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = cov / np.sqrt(var * syy)
+        return np.clip(np.where((var <= 0) | (syy <= 0), 0.0, r), -1.0, 1.0)
+
+
 def rank(model: CharRNN, ids: np.ndarray, signal: np.ndarray, states: tuple[str, ...], device: torch.device,
-         chunk: int | None = None) -> list[tuple[Unit, float]]:
-    """Every unit of the given states with its correlation to the signal over the whole text, by |r| descending
-    (ties: state, layer, index order)."""
-    parts = {s: Correlation(signal) for s in states}
+         chunk: int | None = None) -> list[tuple[Unit, float, float]]:
+    """Every unit of the given states with its rank correlation (Spearman's) and its Pearson correlation to the
+    signal over the whole text, by |rank correlation| descending (ties: state, layer, index order).
+
+    Units are ranked by rank correlation because a unit is bounded and a count (line position, indent,
+    bracket depth) is not: a unit that follows a count saturates or moves in steps, which Pearson's r reads as
+    a weaker relation; rank correlation scores any relation in which the unit rises with the signal."""
+    parts = {s: (RankCorrelation(signal), Correlation(signal)) for s in states}
     for block in record(model, ids, device, chunk):
-        for s, part in parts.items():
-            part.add(block.of(s))
-    r = np.concatenate([parts[s].result() for s in states])  # (U,) in all_units order
-    order = np.argsort(-np.abs(r), kind="stable")
+        for s, pair in parts.items():
+            for part in pair:
+                part.add(block.of(s))
+    rho, r = (np.concatenate([parts[s][k].result() for s in states]) for k in (0, 1))  # each (U,), all_units order
+    order = np.argsort(-np.abs(rho), kind="stable")
     units = all_units(model, states)
-    return [(units[i], float(r[i])) for i in order]
+    return [(units[i], float(rho[i]), float(r[i])) for i in order]
 
 
-def table(ranked: list[tuple[Unit, float]]) -> list[str]:
-    """--find's table: a header, then unit, state and correlation, one unit a line, in columns."""
-    return [f"{'unit':<9}{'state':<8}correlation"] + [f"{u!s:<9}{u.state:<8}{r:+.4f}" for u, r in ranked]
+def table(ranked: list[tuple[Unit, float, float]]) -> list[str]:
+    """--find's table: a header, then unit, state, rank correlation and Pearson's r, one unit a line."""
+    return [f"{'unit':<9}{'state':<8}{'spearman':<10}pearson"] + [
+        f"{u!s:<9}{u.state:<8}{rho:<+10.4f}{r:+.4f}" for u, rho, r in ranked]
 
 
 @dataclass

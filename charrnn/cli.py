@@ -398,10 +398,10 @@ def cells(
     html: Annotated[Path | None, typer.Option("--html", metavar="PAGE.html", help="Write a standalone HTML page "
                                               "(one block per unit; hover a character for its value and the five "
                                               "likeliest next characters) instead of the text on stdout.")] = None,
-    find: Annotated[str | None, typer.Option(metavar="PREDICATE", help="Rank every unit by the correlation of its "
-                                             "values with a signal over the whole text and show the best (or "
-                                             "the --unit units): quote, comment, line-position, indent, brackets "
-                                             "or regex:PATTERN.")] = None,
+    find: Annotated[str | None, typer.Option(metavar="PREDICATE", help="Rank every unit by the rank (Spearman) "
+                                             "correlation of its values with a signal over the whole text and show "
+                                             "the best (or the --unit units): quote, comment, line-position, "
+                                             "indent, brackets or regex:PATTERN.")] = None,
     top: Annotated[int, typer.Option(help="Units in the --find table.")] = 10,
     max_chars: Annotated[int | None, typer.Option(help="Show only the first N characters (0: none, for the "
                                                   "--find table alone); --find still reads the whole text. "
@@ -419,9 +419,9 @@ def cells(
     \\\\; other control characters escaped likewise), a tab and the value.
     Characters outside the model's vocabulary are left out, with a warning.
 
-    --find's table (unit, state, correlation; best first, in columns)
-    goes to stdout when the text does not (with --html, or --max-chars 0),
-    else to stderr. Signals, each the value once a character is read:
+    --find's table (unit, state, rank correlation, Pearson's r; best
+    first, in columns) goes to stdout when the text does not (with --html,
+    or --max-chars 0), else to stderr. Signals, each the value once a character is read:
     quote: 1 inside a '...' or "..." span closed on its line, from the
     opening quote to before the closing one; comment: 1 inside #, // and
     /* */ comments (quoted spans skipped); line-position: characters since

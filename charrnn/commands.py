@@ -349,7 +349,7 @@ def cells_report(source: str, target: Path | None, pairs: list[tuple[int, int]],
     found: dict = {}
     if signal is not None:
         ranked = cells.rank(model, ids, signal(text), states, device)
-        found, units = dict(ranked), units or [ranked[0][0]]
+        found, units = {u: rho for u, rho, _ in ranked}, units or [ranked[0][0]]
         for line in cells.table(ranked[:top]):
             if to_stdout:  # the text goes there
                 info(line)
@@ -360,7 +360,7 @@ def cells_report(source: str, target: Path | None, pairs: list[tuple[int, int]],
     if shown:
         rec = cells.collect(model, ids[: len(shown)], units, device)
         labels = [f"layer {u.layer}, unit {u.index} ({u}), {u.state} state"
-                  + (f": correlation {found[u]:+.3f} with {find}" if u in found else "") for u in units]
+                  + (f": rank correlation {found[u]:+.3f} with {find}" if u in found else "") for u in units]
         if page is not None:
             title = f"charrnn cells: {name}, model trained on {meta['corpus']['name']}"
             cellview.write_page(page, cellview.report_page(title, shown, units, labels, rec, vocab))

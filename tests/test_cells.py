@@ -180,6 +180,39 @@ def test_correlation_is_pearsons_and_zero_for_constants():
     assert flat.result().tolist() == [0.0] * 4
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho straight from its definition: Pearson's r of the two mean-rank vectors."""
+    def ranks(v):
+        order = np.argsort(v, kind="stable")
+        r = np.empty(len(v))
+        r[order] = np.arange(1, len(v) + 1)
+        for value in np.unique(v):  # ties share their mean rank
+            r[v == value] = r[v == value].mean()
+        return r
+    return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
+
+
+def test_rank_correlation_is_spearmans_over_values_a_colour_tells_apart():
+    rng = np.random.default_rng(2)
+    depth = rng.integers(0, 12, size=3000).astype(np.float64)  # a count, as indent or bracket depth
+    x = np.stack([np.tanh(0.6 * (depth - 5)),  # follows the count, flattening towards -1 and +1
+                  -np.tanh(0.1 * depth + rng.normal(scale=0.2, size=3000)),
+                  rng.uniform(-1, 1, 3000),
+                  np.full(3000, 0.25),
+                  -0.9999 + 1e-5 * depth], 1).astype(np.float32)  # (N, U); the last moves by less than a bin
+    c = cells.RankCorrelation(depth)
+    for start in range(0, 3000, 700):  # fed in blocks
+        c.add(x[start : start + 700])
+    rho = c.result()
+    np.testing.assert_allclose(rho[:3], [spearman(x[:, k], depth) for k in range(3)], atol=2e-3)
+    assert rho[0] == pytest.approx(1.0) and np.corrcoef(x[:, 0], depth)[0, 1] < 0.97  # Pearson's r reads less
+    assert rho[3] == 0.0 and rho[4] == 0.0  # constant, and as good as constant: one bin
+    assert spearman(x[:, 4], depth) > 0.99  # which exact ranks would have taken for a perfect unit
+    flat = cells.RankCorrelation(np.ones(50))
+    flat.add(x[:50])
+    assert flat.result().tolist() == [0.0] * 5
+
+
 # --- --find -----------------------------------------------------------------------------------------------
 
 QUOTES = "".join(f'ab "{"cd " * (i % 4)}e" x "y{"z" * (i % 3)}" if\n' for i in range(60))
@@ -215,11 +248,12 @@ def test_find_recovers_a_planted_quote_unit(models):
     out = cli("cells", "q.txt", "-c", planted, "--find", "quote", "--top", "4", "--max-chars", "0")
     assert out.exit_code == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["unit", "state", "correlation"] and len(lines) == 5  # the table alone, on stdout
+    assert lines[0].split() == ["unit", "state", "spearman", "pearson"] and len(lines) == 5  # the table alone
     rows = [line.split() for line in lines[1:]]
     assert {tuple(r[:2]) for r in rows[:2]} == {("0:5", "cell"), ("0:5", "hidden")}  # both of its states lead
     assert all(float(r[2]) > 0.95 for r in rows[:2]) and all(abs(float(r[2])) < 0.9 for r in rows[2:])
     assert abs(float(rows[0][2])) >= abs(float(rows[1][2])) >= abs(float(rows[2][2]))
+    assert all(float(r[3]) > 0.95 for r in rows[:2])  # Pearson's r agrees
     # the unmodified model has no such unit
     plain = cli("cells", "q.txt", "-c", models["lstm"], "--find", "quote", "--top", "1", "--max-chars", "0")
     assert plain.exit_code == 0 and abs(float(plain.stdout.splitlines()[1].split()[2])) < 0.95
@@ -371,7 +405,7 @@ def test_find_with_html_puts_the_table_on_stdout(models):
     out = cli("cells", "t.txt", "-c", models["lstm"], "--find", "indent", "--top", "3", "--html", "p.html")
     assert out.exit_code == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["unit", "state", "correlation"] and len(lines) == 4
+    assert lines[0].split() == ["unit", "state", "spearman", "pearson"] and len(lines) == 4
     best = lines[1].split()
     assert f"layer {best[0].split(':')[0]}, unit {best[0].split(':')[1]} ({best[0]}), {best[1]} state" in (
         Path("p.html").read_text(encoding="utf-8"))  # the page shows the best unit
