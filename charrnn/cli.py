@@ -421,12 +421,13 @@ def cells(
 
     --find's table (unit, state, rank correlation, Pearson's r; best
     first, in columns) goes to stdout when the text does not (with --html,
-    or --max-chars 0), else to stderr. Signals, each the value once a character is read:
-    quote: 1 inside a '...' or "..." span closed on its line, from the
-    opening quote to before the closing one; comment: 1 inside #, // and
-    /* */ comments (quoted spans skipped); line-position: characters since
-    the last newline; indent: leading spaces and tabs of the line, read so
-    far; brackets: depth of ( [ {; regex:PATTERN: 1 inside a match (Python re).
+    or --max-chars 0), else to stderr. Signals, each the value once a
+    character is read: quote: 1 inside a '...' or "..." span closed on its
+    line, from the opening quote to before the closing one; comment: 1
+    inside #, // and /* */ comments (quoted spans skipped); line-position:
+    characters since the last newline; indent: leading spaces and tabs of
+    the line, read so far; brackets: depth of ( [ {; regex:PATTERN: 1 inside
+    a match (Python re).
 
     Exit status: 0 ok, also when stdout closes early; 1: unreadable text,
     checkpoint or page; 2: bad options.

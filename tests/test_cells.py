@@ -207,7 +207,7 @@ def test_rank_correlation_is_spearmans_over_values_a_colour_tells_apart():
     np.testing.assert_allclose(rho[:3], [spearman(x[:, k], depth) for k in range(3)], atol=2e-3)
     assert rho[0] == pytest.approx(1.0) and np.corrcoef(x[:, 0], depth)[0, 1] < 0.97  # Pearson's r reads less
     assert rho[3] == 0.0 and rho[4] == 0.0  # constant, and as good as constant: one bin
-    assert spearman(x[:, 4], depth) > 0.99  # which exact ranks would have taken for a perfect unit
+    assert spearman(x[:, 4], depth) > 0.99  # exact ranks would call it a perfect unit
     flat = cells.RankCorrelation(np.ones(50))
     flat.add(x[:50])
     assert flat.result().tolist() == [0.0] * 5
