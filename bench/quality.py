@@ -69,7 +69,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.5, 5.0])
     parser.add_argument("--flags", action="append", help="extra train flags for one configuration (repeatable)")
     parser.add_argument("--corpus", type=Path, default=SHAKESPEARE)
-    parser.add_argument("--keep", type=Path, metavar="OUT", help="keep the runs in OUT/q-M (else a temporary one)")
+    parser.add_argument("--keep", type=Path, metavar="OUT", help="keep the runs in OUT/q-M, or OUT/q-M-K for the "
+                        "K-th of several --flags (else a temporary one)")
     parser.add_argument("--big", type=int, metavar="MB", help="only time a corpus of this many MB, --max-steps 1")
     args = parser.parse_args()
     if not args.corpus.is_file():
@@ -83,9 +84,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="charrnn-quality-") as work:
         if args.big:
             return big_corpus(args.corpus, args.big, Path(work))
-        for flags in configs:
+        for k, flags in enumerate(configs, 1):
             for minutes in args.minutes:
-                out, run = (args.keep, f"q-{minutes:g}") if args.keep else (Path(work), "q")
+                name = f"q-{minutes:g}" + (f"-{k}" if len(configs) > 1 else "")  # one directory a run
+                out, run = (args.keep, name) if args.keep else (Path(work), "q")
                 r = train(args.corpus, minutes, flags, out, run)
                 log(f"| `{flags or '(defaults)'}` | {minutes:g} | {r['best']:.4f} | {r['best'] / math.log(2):.4f} | "
                     f"{r['steps']:,} | {r['chars_per_s']:,.0f} | {r['wall_s']:.0f} |")
