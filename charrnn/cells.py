@@ -169,7 +169,7 @@ class RankCorrelation:
     values of a unit saturated near -1 or +1, ranks nothing. A unit or a signal that is constant gets 0."""
 
     def __init__(self, signal: np.ndarray):
-        ranks = mean_ranks(np.asarray(signal, dtype=np.float64)) if len(signal) else np.zeros(0)  # (N,)
+        ranks = mean_ranks(np.asarray(signal, dtype=np.float64))  # (N,)
         self.yr = ranks - ranks.mean() if len(ranks) else ranks  # (N,) centred
         self.n, self.count, self.sums = 0, None, None
 
