@@ -64,8 +64,7 @@ def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.
     if cfg.temperature < 0.05:  # a tiny temperature: with the max at 0, dividing by it never overflows
         return ((logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature + noise).argmax(dim=-1)
     # noise + logits / T as one op: a tensor-by-Python-number op costs as much again as the add (batch 1)
-    scaled = torch.add(noise, logits, alpha=1 / cfg.temperature) if cfg.temperature != 1 else noise + logits
-    return scaled.argmax(dim=-1)
+    return torch.add(noise, logits, alpha=1 / cfg.temperature).argmax(dim=-1)  # alpha 1: exactly noise + logits
 
 
 class ModelStep:
