@@ -33,7 +33,8 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 t0 = time.perf_counter()
-from charrnn import corpus, sources
+from charrnn.data import corpus
+from charrnn.data import sources
 t1 = time.perf_counter()
 if sys.argv[1] != "-":
     cache = Path(sys.argv[2])

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn import checkpoint
 from charrnn.errors import CheckpointError
+from charrnn.model import files as checkpoint
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
 TINY = "--hidden-size 32 --embed-size 16 --num-layers 1 --batch-size 8 --seq-len 32".split()

@@ -82,9 +82,9 @@ def products_step_s(model, rows: int = 1) -> float:
 
 def naive_chars_per_s(ckpt: Path, n: int) -> float:
     """The model's own modules once per character (generate_batch(fast=False)), in-process."""
-    from charrnn import run
     from charrnn.config import SampleConfig
-    from charrnn.sample import generate_batch
+    from charrnn.generation.sample import generate_batch
+    from charrnn.model import files as run
 
     model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
     cfg = SampleConfig(length=n // 4 if n >= 4 else 1, num_samples=1)
@@ -97,9 +97,9 @@ def naive_chars_per_s(ckpt: Path, n: int) -> float:
 
 
 def naive_batch_chars_per_s(ckpt: Path, streams: int, n: int) -> float:
-    from charrnn import run
     from charrnn.config import SampleConfig
-    from charrnn.sample import generate_batch
+    from charrnn.generation.sample import generate_batch
+    from charrnn.model import files as run
 
     model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
     cfg = SampleConfig(length=n, num_samples=streams)
@@ -216,7 +216,7 @@ def main() -> None:
                          cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps))
         plain_rate = max(plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps),
                          plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps))
-        from charrnn import run
+        from charrnn.model import files as run
 
         ckpt = work / f"{cell}{hidden}x{layers}" / "last.safetensors"
         model, _, _ = run.load_model(ckpt, torch.device("cpu"))

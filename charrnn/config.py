@@ -24,6 +24,8 @@ MAX_PARAMS = 1 << 31  # largest model, in parameters (8 GiB of fp32 weights, fou
 MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_SEED = (1 << 64) - 1  # torch generators take 64-bit seeds
 MAX_SAMPLES = 10_000  # largest --num-samples: one batch, its state held at once
+MAX_THREADS = 4096  # largest --threads
+STATES = ("cell", "hidden")  # `cells --state`: an LSTM's cell state (as tanh(c)) or the hidden state
 
 
 @dataclass
@@ -118,19 +120,34 @@ RULES: dict[str, tuple[Callable, str]] = {  # name: (test of a value, what the t
     "seed": (between(0, MAX_SEED), f"must be an integer from 0 to 2**64 - 1 ({MAX_SEED})"),
     "device": one_of(DEVICES),
     "precision": one_of(PRECISIONS),
+    "threads": (between(1, MAX_THREADS), f"must be from 1 to {MAX_THREADS}"),
+    # sample
+    "length": (between(0, math.inf), "must be >= 0 (0 = endless)"),
+    "temperature": (lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+    "top_k": (between(0, math.inf), "must be >= 0 (0 = off)"),
+    "top_p": (lambda v: 0 < v <= 1, "must be in (0, 1] (1 = off)"),
+    "num_samples": (between(1, MAX_SAMPLES), f"must be from 1 to {MAX_SAMPLES:,}"),
+    "stop": (lambda v: v != "", "needs at least one character (leave it out to stop at --length only)"),
+    # cells
+    "state": one_of(STATES),
+    "top": POSITIVE,
+    "max_chars": (between(0, math.inf), "must be >= 0 (0: the --find table alone)"),
 }
+FLAG_NAMES = {"temperature": "--temp"}  # settings whose flag is not their name with dashes
 
 
 def flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
 
 
 def check(values: dict, label: Callable[[str], str], skip: set[str] = frozenset(),
           error: type[Exception] = UsageError) -> None:
     """Raise error naming the first value that breaks its rule (None means "not set" and passes)."""
     for key, value in values.items():
+        if key in skip:
+            continue
         test, rule = RULES[key]
-        if key not in skip and value is not None and not test(value):
+        if value is not None and not test(value):
             raise error(f"{label(key)} {rule}, not {value!r}")
 
 
@@ -180,7 +197,7 @@ FIELD_TYPES = {name: text.split(" |")[0] for name, text in FIELD_TYPE_TEXT.items
 BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
              "max_nonfinite", "device", "precision"}  # may change on --resume without breaking exact continuation
-# (precision only to a value that resolves to the run's own: see commands.train_run)
+# (precision only to a value that resolves to the run's own: see training/session.choose_precision)
 
 
 def build(given: dict) -> tuple[ModelConfig, TrainConfig]:
@@ -218,20 +235,7 @@ class SampleConfig:
     stop: str | None = None  # a sample ends once it has emitted this string (included); None = only --length
 
     def validate(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise UsageError(f"--temp must be a finite number >= 0, not {self.temperature}")
-        if self.length < 0:
-            raise UsageError(f"--length must be >= 0 (0 = endless), not {self.length}")
-        if self.top_k < 0:
-            raise UsageError(f"--top-k must be >= 0 (0 = off), not {self.top_k}")
-        if not 0 < self.top_p <= 1:  # also rejects NaN
-            raise UsageError(f"--top-p must be in (0, 1] (1 = off), not {self.top_p}")
-        if not 1 <= self.num_samples <= MAX_SAMPLES:
-            raise UsageError(f"--num-samples must be from 1 to {MAX_SAMPLES:,}, not {self.num_samples}")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be an integer from 0 to 2**64 - 1 ({MAX_SEED}), not {self.seed}")
-        if self.stop == "":
-            raise UsageError("--stop needs at least one character (leave it out to stop at --length only)")
+        check(dataclasses.asdict(self), flag, skip={"prime", "separator"})  # any text
         if self.length == 0 and self.num_samples > 1 and not self.stop:
             raise UsageError("--length 0 (endless) with --num-samples > 1 needs --stop: "
                              "otherwise only the first sample would ever be written")

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
+from charrnn.launch import launched
+
 
 class Stderr(io.TextIOBase):
     """sys.stderr (looked up at each write, as tests swap it) that falls silent once its reader has gone
@@ -42,11 +44,6 @@ class Stderr(io.TextIOBase):
     @property
     def encoding(self) -> str:
         return getattr(self.target(), "encoding", None) or "utf-8"
-
-
-def launched() -> bool:
-    """Whether torchrun (or a launcher like it) started this process, as one of a distributed run."""
-    return all(k in os.environ for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
 
 
 console = Console(file=Stderr(), highlight=False, quiet=launched() and os.environ["RANK"] != "0")  # rank 0 speaks

@@ -9,6 +9,7 @@ import random
 
 import torch
 
+from charrnn.config import check, flag
 from charrnn.errors import UsageError
 
 
@@ -34,8 +35,7 @@ def set_threads(n: int | None) -> int:
     """--threads: torch's intra-op threads; None = the cores available to the process, shared out among the
     processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
     n = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if n is None else n
-    if not 1 <= n <= 4096:
-        raise UsageError(f"--threads must be from 1 to 4096, not {n}")
+    check({"threads": n}, flag)
     torch.set_num_threads(n)
     return n
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from charrnn.adamw import AdamW
+from charrnn.training.adamw import AdamW
 
 
 def gru() -> torch.nn.GRU:

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.batches import Streams, min_chars
-from charrnn.corpus import Corpus
-from charrnn.vocab import Vocab
+from charrnn.data.batches import Streams, min_chars
+from charrnn.data.corpus import Corpus
+from charrnn.data.vocab import Vocab
 
 
 def positions(n: int) -> np.ndarray:
@@ -149,7 +149,7 @@ def test_properties_hold_for_any_size(n, b, t, full):
 
 def test_corpus_split_holds_out_the_contiguous_tail():
     text = "abcdefghij" * 100
-    vocab = Vocab.from_text(text)
+    vocab = Vocab(list(set(text)))
     c = Corpus("t", vocab, vocab.encode(text), "sha256:x")
     train, val = c.split(0.1, 0)
     assert [len(v) for v in c.split(0.1, 40)] == [960, 40] and len(c.split(0.1, 100)[1]) == 100  # capped

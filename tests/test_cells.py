@@ -18,12 +18,14 @@ import pytest
 import torch
 from conftest import cli
 
-from charrnn import cells, checkpoint, signals
+from charrnn.analysis import signals
+from charrnn.analysis import units as cells
 from charrnn.config import ModelConfig
-from charrnn.fused import FusedStep
-from charrnn.model import CharRNN
-from charrnn.run import load_model
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
+from charrnn.model import files as checkpoint
+from charrnn.model.files import load_model
+from charrnn.model.rnn import CharRNN
+from charrnn.model.steps import FusedStep
 
 TOKENS = ["if", "x", "=", '"ab c"', "'d'", "(", ")", "[", "]", "{", "}", "# note", "// c", "/* b */", "<", ">", "&",
           ";", "alert", "script", "1", "\t", "yz", "mo", "ue", "<!-- -->", "\\"]
@@ -435,7 +437,7 @@ def usage_error(result, *fragments: str) -> None:
                                                                     "brackets, regex:PATTERN"]),
     (["--find", "regex:(a"], ["--find 'regex:(a'", "bad regular expression", "missing )"]),
     (["--find", "regex:"], ["regex: needs a pattern"]),
-    (["--unit", "0:0", "--state", "both"], ["--state 'both'", "cell or hidden"]),
+    (["--unit", "0:0", "--state", "both"], ["--state must be one of cell, hidden", "not 'both'"]),
     ([], ["--unit LAYER:INDEX", "--find"]),
     (["--find", "quote", "--top", "0"], ["--top"]),
     (["--unit", "0:0", "--html", "no/such/dir/p.html"], ["--html", "no/such/dir"]),

@@ -17,7 +17,8 @@ from conftest import TINY, cli, make_text, run_cli, train_tiny
 from safetensors import safe_open
 
 import charrnn
-from charrnn import checkpoint, corpora
+from charrnn.data import corpora
+from charrnn.model import files as checkpoint
 
 CELLS = ["lstm", "gru", "rnn"]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}

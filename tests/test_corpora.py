@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import SHAKESPEARE, cli
 
-from charrnn.corpora import SHAKESPEARE_SHA256, SHAKESPEARE_URL
+from charrnn.data.corpora import SHAKESPEARE_SHA256, SHAKESPEARE_URL
 
 needs_shakespeare = pytest.mark.skipif(not SHAKESPEARE.is_file(), reason=f"{SHAKESPEARE} is absent")
 

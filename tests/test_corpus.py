@@ -18,11 +18,11 @@ from conftest import TINY, cli, make_text, run_cli, train_tiny
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from charrnn import corpus, sources
-from charrnn.batches import Streams
-from charrnn.checkpoint import load as load_checkpoint
+from charrnn.data import corpus, sources
+from charrnn.data.batches import Streams
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharrnnError
-from charrnn.vocab import Vocab
+from charrnn.model.files import load as load_checkpoint
 
 TRICKY = "a\n é日🙂𝄞\ufeff\r"  # ASCII, 2-, 3- and 4-byte UTF-8, a BOM character, CR
 texts = st.text(alphabet=st.one_of(st.sampled_from(TRICKY), st.characters(blacklist_categories=("Cs",),
@@ -33,7 +33,7 @@ texts = st.text(alphabet=st.one_of(st.sampled_from(TRICKY), st.characters(blackl
 def prepare(paths: list[Path], chunk_size: int, min_count: int = 0, cache: Path | None = None) -> corpus.Corpus:
     """The real preparation path: resolve the inputs, both passes, the id cache, the memory map."""
     cache = cache or paths[0].parent / "cache"
-    return corpus.load(sources.resolve([str(p) for p in paths], None, cache), cache, min_count, chunk_size=chunk_size)
+    return corpus.load(sources.collect([str(p) for p in paths], None, cache), cache, min_count, chunk_size=chunk_size)
 
 
 def joined(parts: list[str]) -> str:
@@ -64,7 +64,7 @@ def test_streaming_encode_equals_in_memory_encode(text, chunk_size, bom, min_cou
         path = Path(tmp, "t.txt")
         path.write_bytes(raw)
         got = prepare([path], chunk_size, min_count)
-        vocab, ids = in_memory(corpus.decode("t.txt", raw), min_count)
+        vocab, ids = in_memory(raw.decode("utf-8").removeprefix("\ufeff"), min_count)
         assert got.vocab.chars == vocab.chars
         assert np.array_equal(np.asarray(got.ids), ids)
         assert got.ids.dtype == vocab.id_dtype
@@ -161,9 +161,9 @@ def test_directory_input_through_the_cli_skips_binary_and_hidden_files(tmp_path)
 
 def test_glob_filters_directory_files(tmp_path):
     make_tree(tmp_path / "src")
-    inputs = sources.resolve([str(tmp_path / "src")], "*.c", tmp_path)
+    inputs = sources.collect([str(tmp_path / "src")], "*.c", tmp_path)
     assert [s.label for s in inputs.sources] == [str(tmp_path / "src" / "sub" / "z.c")]
-    assert [Path(s.label).name for s in sources.resolve([str(tmp_path / "src")], "sub/*", tmp_path).sources] \
+    assert [Path(s.label).name for s in sources.collect([str(tmp_path / "src")], "sub/*", tmp_path).sources] \
         == ["a.txt", "z.c"]
     result = cli("train", tmp_path / "src", "--glob", "*.rs", *TINY)
     assert result.exit_code == 1 and "holds no UTF-8 text files matching --glob '*.rs'" in result.stderr
@@ -183,7 +183,7 @@ def test_several_inputs_name_the_run_and_keep_the_order_given(tmp_path):
     assert "run name 'one-and-1-more'" in result.stderr
     meta = load_checkpoint(tmp_path / "checkpoints" / "one-and-1-more" / "last.safetensors")[1]
     assert meta["corpus"]["name"] == "one.txt + 1 more"
-    labels = [Path(s.key).name for s in sources.resolve(["src", "one.txt", "src/b.txt"], None, tmp_path).sources]
+    labels = [Path(s.key).name for s in sources.collect(["src", "one.txt", "src/b.txt"], None, tmp_path).sources]
     assert labels == ["b.txt", "a.txt", "z.c", "one.txt"]  # argument order; a file reached twice read once
 
 

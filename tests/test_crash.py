@@ -9,8 +9,9 @@ import pytest
 import torch
 from conftest import TINY, cli, train_tiny
 
-from charrnn import atomic, checkpoint
-from charrnn.train import Trainer
+from charrnn import atomic
+from charrnn.model import files as checkpoint
+from charrnn.training.trainer import Trainer
 
 LAST = Path("checkpoints/tiny/last.safetensors")
 

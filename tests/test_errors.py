@@ -13,7 +13,7 @@ import torch
 from conftest import TINY, cli, make_text, run_cli, train_tiny
 from safetensors.torch import save_file
 
-from charrnn import checkpoint
+from charrnn.model import files as checkpoint
 
 
 def numbers(text: str) -> list[float]:

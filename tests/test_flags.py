@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, cli, run_cli, train_tiny
 
-from charrnn import checkpoint
+from charrnn.model import files as checkpoint
 
 TRAIN = [*TINY, "--max-steps", "2", "--eval-every", "2"]
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import cli, train_tiny
 
-from charrnn import fused
 from charrnn.config import ModelConfig, SampleConfig
+from charrnn.data.vocab import Vocab
 from charrnn.device import native_bf16
-from charrnn.fused import FusedStep
-from charrnn.model import CharRNN
-from charrnn.sample import ModelStep, generate_batch
-from charrnn.vocab import Vocab
+from charrnn.generation.sample import generate_batch
+from charrnn.model import steps as fused
+from charrnn.model.rnn import CharRNN
+from charrnn.model.steps import FusedStep, ModelStep
 
 VOCAB = Vocab(list("abcdefghij \n.,;:!?XYZ"))
 
@@ -79,11 +79,10 @@ def test_the_cli_takes_the_fused_path(corpus, monkeypatch):
     calls = []
     step = FusedStep.__call__
     monkeypatch.setattr(FusedStep, "__call__", lambda self, ids: calls.append(1) or step(self, ids))
-    fast = cli("sample", "-n", "200", "--seed", "4")
+    fast = cli("sample", "-n", "200", "--seed", "4", "--precision", "fp32")  # auto may pick bf16: not fused
     assert fast.exit_code == 0 and len(calls) == 199  # one step per character after the first
     monkeypatch.setattr(fused, "supported", lambda m: False)
-    monkeypatch.setattr("charrnn.sample.supported", lambda m: False)
-    slow = cli("sample", "-n", "200", "--seed", "4")
+    slow = cli("sample", "-n", "200", "--seed", "4", "--precision", "fp32")
     assert slow.stdout == fast.stdout and len(calls) == 199  # the model's modules, the same text
 
 

@@ -14,8 +14,8 @@ from conftest import cli, run_cli, train_tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint, run
 from charrnn.errors import CheckpointError
+from charrnn.model import files as checkpoint
 
 
 class Payload:
@@ -140,7 +140,7 @@ def test_random_bytes_only_raise_checkpoint_error(tmp_path, data):
     path = tmp_path / "fuzz.safetensors"
     path.write_bytes(data)
     with pytest.raises(CheckpointError):
-        run.load_model(path, torch.device("cpu"))
+        checkpoint.load_model(path, torch.device("cpu"))
 
 
 @FUZZ
@@ -155,6 +155,6 @@ def test_mutated_checkpoints_only_raise_checkpoint_error(good, tmp_path, data):
     path = tmp_path / "mutant.safetensors"
     path.write_bytes(bytes(blob))
     try:
-        run.load_model(path, torch.device("cpu"))
+        checkpoint.load_model(path, torch.device("cpu"))
     except CheckpointError:
         pass  # the only acceptable failure; a mutation in header padding may also load unchanged

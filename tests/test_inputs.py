@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, cli, make_text, train_tiny
 
-from charrnn import checkpoint, run
 from charrnn.atomic import HOST
+from charrnn.model import files as checkpoint
 
 TRAIN = [*TINY, "--max-steps", "2", "--eval-every", "2"]
 
@@ -271,9 +271,9 @@ def test_validation_loss_matches_an_independent_reference(in_tmp, n_val, batch, 
     path = in_tmp / "c.txt"
     path.write_text(text, encoding="utf-8")
     result = cli("train", path, *TINY, "--batch-size", str(batch), "--seq-len", str(seq), "--max-steps", "3",
-                 "--eval-every", "3", "--val-frac", str(val_frac))
+                 "--eval-every", "3", "--val-frac", str(val_frac), "--precision", "fp32")  # the reference is fp32
     assert result.exit_code == 0, result.stderr
-    model, vocab, meta = run.load_model(in_tmp / "checkpoints" / "c" / "last.safetensors", torch.device("cpu"))
+    model, vocab, meta = checkpoint.load_model(in_tmp / "checkpoints" / "c" / "last.safetensors", torch.device("cpu"))
     held_out = text[len(text) - int(len(text) * val_frac):]
     assert len(held_out) == n_val
     ids = torch.from_numpy(vocab.encode(held_out).astype("int64"))
@@ -281,5 +281,6 @@ def test_validation_loss_matches_an_independent_reference(in_tmp, n_val, batch, 
     reported = [r["val_loss"] for r in rows if "val_loss" in r][-1]
     assert reported == pytest.approx(reference_loss(model, ids, batch, seq), rel=1e-5)
     Path("held.txt").write_text(held_out, encoding="utf-8")
-    scored = json.loads(cli("score", "held.txt", "-c", "checkpoints/c/last.safetensors", "--json").stdout)
+    scored = json.loads(cli("score", "held.txt", "-c", "checkpoints/c/last.safetensors", "--json", "--precision",
+                            "fp32").stdout)
     assert scored["nats_per_char"] == pytest.approx(reported, rel=1e-6) and scored["scored"] == n_val - 1

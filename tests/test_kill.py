@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, cli, run_cli
 
-from charrnn import checkpoint
+from charrnn.model import files as checkpoint
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGKILL]
 EXPECTED_RC = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}
@@ -185,8 +185,8 @@ def test_a_signal_saves_at_the_next_step_boundary_and_prints_the_resume_command(
 
 HARNESS = r"""
 import os, sys, time
-import charrnn.checkpoint as checkpoint
-import charrnn.train as train
+import charrnn.model.files as checkpoint
+import charrnn.training.trainer as train
 from charrnn.cli import app
 
 STEP_SLEEP, FSYNC_SLEEP = float(os.environ["TEST_STEP_SLEEP"]), float(os.environ["TEST_FSYNC_SLEEP"])

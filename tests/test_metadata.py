@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import TINY, cli, run_cli
 
-from charrnn import checkpoint
+from charrnn.model import files as checkpoint
 
 VOCAB = 13  # distinct characters in make_text(6000)'s default alphabet: a-k, space, newline
 RESUME = [*TINY, "--max-steps", "8", "--eval-every", "2", "--resume"]  # the original run's flags, a larger budget

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from charrnn.config import ModelConfig
-from charrnn.model import CharRNN, detach, num_params
+from charrnn.model.rnn import CharRNN, detach, num_params
 
 CELLS = ["lstm", "gru", "rnn"]
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -120,3 +120,11 @@ def test_parameter_count(cell, layers):
     g = GATES[cell]
     rnn = g * (h * e + h * h + 2 * h) + (layers - 1) * g * (h * h + h * h + 2 * h)
     assert num_params(model) == v * e + rnn + h * v + v
+
+
+def test_the_cell_registry_and_the_settings_name_the_same_cells():
+    """config.CELLS (what --cell accepts, checked without importing torch) lists the registry's cell types."""
+    from charrnn import config
+    from charrnn.model.rnn import CELLS
+
+    assert tuple(CELLS) == config.CELLS

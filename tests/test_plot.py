@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, cli
 
-from charrnn.plot import SPARKS, read, spark, text
+from charrnn.analysis.plot import SPARKS, read, spark, text
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -113,7 +113,7 @@ def test_spark_spans_low_to_high():
 
 
 def read_fixed():
-    from charrnn.plot import Curves
+    from charrnn.analysis.plot import Curves
 
     return Curves("x", train=[(1, 0.0, 3.0), (2, 0.1, 2.0)], val=[(2, 0.1, 2.5)])
 

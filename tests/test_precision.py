@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import TINY, cli, train_tiny
 
-from charrnn import checkpoint
 from charrnn.device import native_bf16
+from charrnn.model import files as checkpoint
 
 NATIVE = native_bf16(torch.device("cpu"))
 

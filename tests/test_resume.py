@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import TINY, cli, make_text
 
-from charrnn import checkpoint, run
+from charrnn.model import files as checkpoint
+from charrnn.training.trainer import Trainer
 
 STEPS = ["--eval-every", "4", "--log-every", "2"]
 CPU = ["--device", "cpu"]  # every train invocation pins the CPU: bit-identity holds there
@@ -119,14 +120,14 @@ def drop_cursor(trainer):
 
 @pytest.mark.parametrize("forget", [drop_optimizer, drop_hidden_state, drop_rng, drop_cursor])
 def test_negative_controls_a_missing_piece_of_state_is_caught(corpus, reference, forget, monkeypatch):
-    restore = run.restore
+    restore = Trainer.load_state_dict
 
-    def forgetful(trainer, tensors, meta, path):
-        restore(trainer, tensors, meta, path)
+    def forgetful(trainer, sd):
+        restore(trainer, sd)
         forget(trainer)
 
     train(corpus, "split", "--max-steps", "9", "--decay-steps", "18")
-    monkeypatch.setattr(run, "restore", forgetful)
+    monkeypatch.setattr(Trainer, "load_state_dict", forgetful)
     train(corpus, "split", "--max-steps", "18", "--resume")
     model = {k: v for k, v in last_tensors("split").items() if k.startswith("model.")}
     assert not identical(model, {k: v for k, v in reference.items() if k.startswith("model.")})

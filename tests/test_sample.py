@@ -14,11 +14,10 @@ import pytest
 import torch
 from conftest import TINY, cli, make_text
 
-from charrnn import checkpoint
 from charrnn import device as devices
-from charrnn import run as runs
 from charrnn.config import SampleConfig
-from charrnn.sample import PRIME_CHUNK, filtered_logprobs, generate_batch, in_order, warm_up
+from charrnn.generation.sample import PRIME_CHUNK, filtered_logprobs, generate_batch, in_order, warm_up
+from charrnn.model import files as checkpoint
 
 UNI = "aé日🙂ßb \n"  # a corpus alphabet that is mostly outside ASCII
 
@@ -42,6 +41,9 @@ def uni_ckpt(tmp_path_factory) -> Path:
     return trained(tmp_path_factory.mktemp("uni"), make_text(6000, alphabet=UNI))
 
 
+FP32 = ("--precision", "fp32")  # where the text is checked against the fp32 model's own probabilities
+
+
 def sample(ckpt: Path, *args, input: str | None = None) -> str:
     result = cli("sample", ckpt, *args, input=input)
     assert result.exit_code == 0, result.stderr
@@ -50,7 +52,7 @@ def sample(ckpt: Path, *args, input: str | None = None) -> str:
 
 def step_logits(ckpt: Path, prime: str, text: str) -> tuple[torch.Tensor, list[int]]:
     """The model's logits (L, V) before each character of text (generated after prime), and text's ids."""
-    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    model, vocab, _ = checkpoint.load_model(ckpt, devices.pick("cpu"))
     context = prime or "\n"
     ids = vocab.encode(context + text).astype("int64")
     with torch.no_grad():
@@ -82,9 +84,9 @@ def test_temp_zero_is_argmax_and_top_k_1_and_tiny_temps_agree(ckpt):
 
 
 def test_top_k_draws_only_from_the_k_likeliest(ckpt):
-    hot = sample(ckpt, "-n", "300", "-t", "5", "--seed", "1")
+    hot = sample(ckpt, "-n", "300", "-t", "5", "--seed", "1", *FP32)
     assert max(ranks(ckpt, "", hot)) >= 2  # without --top-k, a hot temperature strays beyond the top 2
-    limited = sample(ckpt, "-n", "300", "-t", "5", "--top-k", "2", "--seed", "1")
+    limited = sample(ckpt, "-n", "300", "-t", "5", "--top-k", "2", "--seed", "1", *FP32)
     assert max(ranks(ckpt, "", limited)) <= 1
 
 
@@ -96,9 +98,9 @@ def likelier_mass(ckpt: Path, text: str, temp: float) -> list[float]:
 
 
 def test_top_p_draws_only_from_the_nucleus(ckpt):
-    free = sample(ckpt, "-n", "300", "-t", "2", "--seed", "1")
+    free = sample(ckpt, "-n", "300", "-t", "2", "--seed", "1", *FP32)
     assert max(likelier_mass(ckpt, free, 2)) >= 0.5  # without --top-p some picks lie outside the nucleus
-    nucleus = sample(ckpt, "-n", "300", "-t", "2", "--top-p", "0.5", "--seed", "1")
+    nucleus = sample(ckpt, "-n", "300", "-t", "2", "--top-p", "0.5", "--seed", "1", *FP32)
     assert max(likelier_mass(ckpt, nucleus, 2)) < 0.5
 
 
@@ -133,7 +135,7 @@ def test_num_samples_are_written_in_order_with_the_separator(ckpt):
 
 
 def test_num_samples_share_one_forward_pass_per_step(ckpt):
-    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    model, vocab, _ = checkpoint.load_model(ckpt, devices.pick("cpu"))
     batches = []
     model.register_forward_hook(lambda m, args, out: batches.append(args[0].shape))
     cfg = SampleConfig(length=10, num_samples=5, prime="ab")
@@ -191,7 +193,7 @@ def test_in_order_writes_samples_one_after_another_whatever_order_they_end():
 
 
 def test_num_samples_in_order_when_a_later_sample_ends_first(ckpt):
-    model, vocab, _ = runs.load_model(ckpt, devices.pick("cpu"))
+    model, vocab, _ = checkpoint.load_model(ckpt, devices.pick("cpu"))
     for seed in range(100):  # find a draw in which a later sample ends before an earlier one
         cfg = SampleConfig(length=200, num_samples=4, prime="ab", stop=" ", separator="|", seed=seed)
         events = list(generate_batch(model, vocab, cfg, seed, devices.pick("cpu")))
@@ -227,7 +229,7 @@ def long_memory(ckpt, tmp_path) -> Path:
 
 def test_a_prime_longer_than_a_chunk_leaves_the_state_of_one_pass(long_memory, tmp_path):
     cpu = devices.pick("cpu")
-    model, vocab, _ = runs.load_model(long_memory, cpu)
+    model, vocab, _ = checkpoint.load_model(long_memory, cpu)
     prime = make_text(2 * PRIME_CHUNK + 1000, seed=9)  # three chunks, the last one partial
     ids = torch.from_numpy(vocab.encode(prime).astype("int64"))[None]  # (1, P)
     with torch.no_grad():

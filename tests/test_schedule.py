@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import TINY, cli, make_text
 
-from charrnn.batches import Streams
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.model import CharRNN
-from charrnn.train import Trainer, lr_at
+from charrnn.data.batches import Streams
+from charrnn.model.rnn import CharRNN
+from charrnn.training.trainer import Trainer, lr_at
 
 # lr = 0.001 + 0.0045 * (1 + cos(k pi / 6)): the cosine at done = k/6
 COS6 = [0.01, 0.009397114317029974, 0.00775, 0.0055, 0.00325, 0.0016028856829700263, 0.001]
@@ -155,7 +155,7 @@ def test_trainer_estimates_the_first_validation_from_its_steps():
     assert t.eval_seconds() == 0.0  # nothing measured yet
     lrs(t, 4)
     t.progress.elapsed_s = 2.0  # 0.5 s a step; the split has 5 windows (+ a tail): 6 x 0.5 / 3 = 1 s
-    assert len(t.val) == 5 and t.eval_seconds() == pytest.approx(1.0)
+    assert len(t.val_streams) == 5 and t.eval_seconds() == pytest.approx(1.0)
     t.validate()
     assert 0 < t.eval_seconds() < 1  # measured from now on
 

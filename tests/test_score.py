@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from conftest import TINY, cli, make_text
 
 from charrnn import device as devices
-from charrnn import run as runs
+from charrnn.model import files as checkpoint
 
 TEXT = make_text(6000)
 
@@ -150,7 +150,7 @@ def line_bits(model, vocab, line: str) -> float:
 
 def test_per_line_output_sorts_numerically(run_dir, tmp_path):
     best = run_dir / "best.safetensors"
-    model, vocab, _ = runs.load_model(best, devices.pick("cpu"))
+    model, vocab, _ = checkpoint.load_model(best, devices.pick("cpu"))
     lines, seen = [], set()
     for line in TEXT[:2000].splitlines():  # ten distinct lines whose scores differ at 4 decimals
         key = f"{line_bits(model, vocab, line):.4f}"
@@ -162,7 +162,7 @@ def test_per_line_output_sorts_numerically(run_dir, tmp_path):
     expected = sorted(lines, key=lambda line: line_bits(model, vocab, line))
     assert expected != lines  # the input order is not already the sorted one
     (tmp_path / "lines.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    cmd = f"'{sys.executable}' -m charrnn score lines.txt -c '{best}' --per-line | sort -n"
+    cmd = f"'{sys.executable}' -m charrnn score lines.txt -c '{best}' --per-line --precision fp32 | sort -n"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "LC_ALL": "C"}  # sort -n reads '.' as the decimal point
     proc = subprocess.run(cmd, shell=True, capture_output=True, timeout=120, env=env)
     assert proc.returncode == 0 and proc.stderr == b""

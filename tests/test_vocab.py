@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.vocab import Vocab
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.vocab import Vocab
+from charrnn.errors import CheckpointError
+from charrnn.model import files
 
 CJK_EMOJI = "日本語のテキスト 中文字符 한국어 😀🎉🐍🦀 \U0001f680\U00020000 naïve café\n"
+
+
+def of_text(text: str) -> Vocab:
+    """The vocab of a text, as corpus preparation makes it: the set of its characters."""
+    return Vocab(list(set(text)))
 
 
 def non_surrogates(start: int, count: int) -> list[str]:
@@ -25,7 +35,7 @@ def non_surrogates(start: int, count: int) -> list[str]:
 
 
 def test_from_text_is_the_sorted_set_of_code_points():
-    v = Vocab.from_text("banana 🍌 bandana")
+    v = of_text("banana 🍌 bandana")
     assert v.chars == sorted(set("banana 🍌 bandana"))
     assert v.chars == [" ", "a", "b", "d", "n", "🍌"]
     assert len(v) == 6
@@ -34,7 +44,7 @@ def test_from_text_is_the_sorted_set_of_code_points():
 
 @pytest.mark.parametrize("text", ["hello world\n", CJK_EMOJI, "a", "\r\n\t \x7f", "🐍" * 50 + "x"])
 def test_encode_decode_round_trip(text):
-    v = Vocab.from_text(text)
+    v = of_text(text)
     ids = v.encode(text)
     assert ids.shape == (len(text),)  # one id per character, not per UTF-8 byte
     assert v.decode(ids) == text
@@ -43,7 +53,7 @@ def test_encode_decode_round_trip(text):
 
 def test_astral_plane_characters_are_single_ids():
     text = "😀a🎉"
-    v = Vocab.from_text(text)
+    v = of_text(text)
     ids = v.encode(text)
     assert len(ids) == 3
     assert [v.chars[i] for i in ids] == ["😀", "a", "🎉"]
@@ -53,14 +63,14 @@ def test_astral_plane_characters_are_single_ids():
 
 
 def test_ids_follow_sorted_order():
-    v = Vocab.from_text("cab")
+    v = of_text("cab")
     assert v.encode("abc").tolist() == [0, 1, 2]
     assert v.encode("cba").tolist() == [2, 1, 0]
     assert v.index == {"a": 0, "b": 1, "c": 2}
 
 
 def test_encode_empty_text():
-    v = Vocab.from_text("abc")
+    v = of_text("abc")
     ids = v.encode("")
     assert ids.shape == (0,)
     assert v.decode(ids) == ""
@@ -69,7 +79,7 @@ def test_encode_empty_text():
 @given(st.text(min_size=1, max_size=200))
 @settings(max_examples=200, deadline=None)
 def test_round_trip_any_text(text):
-    v = Vocab.from_text(text)
+    v = of_text(text)
     ids = v.encode(text)
     assert len(ids) == len(text)
     assert v.decode(ids) == text
@@ -79,20 +89,27 @@ def test_round_trip_any_text(text):
 
 @pytest.mark.parametrize("text", ["plain ascii\n", CJK_EMOJI, '"quotes" and \\ backslashes \u2028 \x00 \ufeff'])
 def test_json_round_trip(text):
-    v = Vocab.from_text(text)
-    data = v.to_json()
+    """The vocab as a checkpoint's metadata holds it: a JSON list of one-character strings."""
+    v = of_text(text)
+    data = json.dumps({"vocab": v.chars})  # as model/files.py writes the metadata
     assert isinstance(data, str)
-    assert json.loads(data) == v.chars  # plain JSON: a list of one-character strings
-    back = Vocab.from_json(data)
+    assert json.loads(data)["vocab"] == v.chars  # plain JSON: a list of one-character strings
+    back = Vocab(json.loads(data)["vocab"])
     assert back.chars == v.chars
     assert back.decode(back.encode(text)) == text
     assert back.encode(text).tolist() == v.encode(text).tolist()
 
 
 @pytest.mark.parametrize("data", ['{"a": 1}', '"abc"', "[1, 2]", '["a", 3]', "42"])
-def test_from_json_rejects_non_lists_of_strings(data):
-    with pytest.raises(ValueError):
-        Vocab.from_json(data)
+def test_a_checkpoint_whose_vocab_is_not_a_list_of_strings_is_refused(data):
+    meta = {"model": dataclasses.asdict(ModelConfig(vocab_size=2)), "train": dataclasses.asdict(TrainConfig()),
+            "vocab": ["a", "b"], "progress": {"step": 0, "epoch": 0, "window": 0, "elapsed_s": 0.0,
+                                              "best_val": None, "best_step": 0, "skipped": 0},
+            "corpus": {"name": "t", "fingerprint": "sha256:x"}}
+    files.check_meta(Path("ok.safetensors"), meta)  # the control: this metadata passes
+    meta["vocab"] = json.loads(data)
+    with pytest.raises(CheckpointError, match="vocab"):
+        files.check_meta(Path("bad.safetensors"), meta)
 
 
 @pytest.mark.parametrize("chars", [["a", "a"], ["ab"], [""], ["a", "b", "a"]])
@@ -125,7 +142,7 @@ def test_large_vocab_round_trip_with_astral_characters():
 
 
 def test_encode_unknown_characters_raises_naming_them():
-    v = Vocab.from_text("abc")
+    v = of_text("abc")
     with pytest.raises(KeyError) as exc:
         v.encode("abxzc🙂")
     message = str(exc.value)
@@ -139,13 +156,13 @@ def test_encode_unknown_characters_raises_naming_them():
 
 
 def test_unknown_lists_each_missing_character_once_sorted():
-    v = Vocab.from_text("hello")
+    v = of_text("hello")
     assert v.unknown("hello") == []
     assert v.unknown("") == []
     assert v.unknown("help! 🙂 help!") == [" ", "!", "p", "🙂"]
 
 
 def test_contains():
-    v = Vocab.from_text("ab😀")
+    v = of_text("ab😀")
     assert "a" in v and "😀" in v
     assert "c" not in v and "😁" not in v

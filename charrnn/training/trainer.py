@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -10,12 +12,14 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from charrnn.adamw import AdamW
-from charrnn.batches import Streams
 from charrnn.config import TrainConfig
+from charrnn.data.batches import Streams
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
-from charrnn.model import CharRNN, State, detach
+from charrnn.model.evaluate import evaluate
+from charrnn.model.files import fitting
+from charrnn.model.rnn import CharRNN, State, detach
+from charrnn.training.adamw import AdamW
 
 
 @dataclass
@@ -50,48 +54,31 @@ def lr_at(cfg: TrainConfig, step: int, total_steps: float, time_frac: float) -> 
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * cosine)
 
 
-def evaluate(model: CharRNN, streams: Streams, device: torch.device, precision: str = "fp32") -> float:
-    """Mean loss (nats per character) over every window of streams, state carried, no dropout, then over the
-    characters past the streams: every character but the first is predicted exactly once."""
-    total, count = evaluate_sums(model, streams, device, precision)
-    return total / count
-
-
-@torch.no_grad()
-def evaluate_sums(model: CharRNN, streams: Streams, device: torch.device, precision: str = "fp32") -> tuple[float, int]:
-    """(summed loss in nats, characters predicted) over streams, as evaluate reads them."""
-    was_training = model.training
-    model.eval()
-    state, total, count = None, 0.0, 0
-    for x, y in streams:
-        with autocast(device, precision):
-            logits, state = model(x.to(device), state)  # (B, T, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
-        count += y.numel()
-    tail = streams.tail()
-    if tail is not None:  # the characters past the streams continue the last one, from its state
-        x, y = tail  # (1, R) each
-        with autocast(device, precision):
-            logits, _ = model(x.to(device), tuple(s[:, -1:].contiguous() for s in state))  # (1, R, V)
-        total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
-        count += y.numel()
-    model.train(was_training)
-    return total, count
-
-
 class Trainer:
-    def __init__(self, model: CharRNN, cfg: TrainConfig, train: Streams, val: Streams, device: torch.device):
-        self.model, self.cfg, self.train, self.val, self.device = model, cfg, train, val, device
+    """Trains model on the windows of train_streams, validating on val_streams. The hooks a distributed run
+    overrides (training/distributed.py): forward, mean_loss, val_loss, finished, request_stop, state_dict."""
+
+    def __init__(self, model: CharRNN, cfg: TrainConfig, train_streams: Streams, val_streams: Streams,
+                 device: torch.device):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.train_streams, self.val_streams = train_streams, val_streams
         self.optimizer = AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.forward: Callable = model  # what the training step calls: the model, or its DistributedDataParallel
-        self.state: State = model.init_state(train.batch_size, device)
+        self.state: State = model.init_state(train_streams.batch_size, device)
         self.progress = Progress()
         self.listeners: list[Callable[[Event], None]] = []
-        self.stop_requested = False  # set from a signal handler; honoured at the next step boundary
-        self.stop_signal = 0  # the signal that asked for the stop (0: none)
+        self.stop_signal = 0  # the signal that asked to stop at the next step boundary (0: none)
         self.bad_in_a_row = 0  # consecutive steps skipped for non-finite values
         self.eval_s: float | None = None  # how long the last validation took (with its checkpoint saves)
         self.session = (0, 0.0)  # (step, elapsed_s) where this process started training
+
+    def request_stop(self, sig: int) -> None:
+        """From a signal handler: stop (and save) at the next step boundary."""
+        self.stop_signal = self.stop_signal or sig
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.stop_signal != 0
 
     def subscribe(self, listener: Callable[[Event], None]) -> None:
         self.listeners.append(listener)
@@ -112,7 +99,7 @@ class Trainer:
         if self.cfg.max_steps is not None:
             limits.append(self.cfg.max_steps)
         if self.cfg.epochs is not None:
-            limits.append(math.ceil(self.cfg.epochs * len(self.train)))
+            limits.append(math.ceil(self.cfg.epochs * len(self.train_streams)))
         return min(limits)
 
     def eval_seconds(self) -> float:
@@ -121,7 +108,7 @@ class Trainer:
         if self.eval_s is not None:
             return self.eval_s
         steps, seconds = self.progress.step - self.session[0], self.progress.elapsed_s - self.session[1]
-        return seconds / steps * (len(self.val) + 1) / 3 if steps else 0.0
+        return seconds / steps * (len(self.val_streams) + 1) / 3 if steps else 0.0
 
     def time_frac(self) -> float:
         """The fraction of the time budget's training part spent: training stops at 1, leaving the final
@@ -139,8 +126,8 @@ class Trainer:
         A non-finite loss or gradient skips the update (the window is still consumed)."""
         p = self.progress
         if p.window == 0:  # an epoch starts: every stream goes back to its beginning, with a fresh state
-            self.state = self.model.init_state(self.train.batch_size, self.device)
-        x, y = self.train.window(p.window)  # (B, T) each
+            self.state = self.model.init_state(self.train_streams.batch_size, self.device)
+        x, y = self.train_streams.window(p.window)  # (B, T) each
         x, y = x.to(self.device), y.to(self.device)
         lr = lr_at(self.cfg, p.step, self.decay_steps, 0.0 if self.cfg.decay_steps else self.time_frac())
         for group in self.optimizer.param_groups:
@@ -164,7 +151,7 @@ class Trainer:
         self.state = detach(state)
         p.step += 1
         p.window += 1
-        if p.window == len(self.train):
+        if p.window == len(self.train_streams):
             p.window, p.epoch = 0, p.epoch + 1
         return loss.item()
 
@@ -173,15 +160,39 @@ class Trainer:
         return loss
 
     def val_loss(self) -> float:
-        return evaluate(self.model, self.val, self.device, self.cfg.precision)
+        return evaluate(self.model, self.val_streams, self.device, self.cfg.precision)
 
-    def carried(self) -> dict[str, torch.Tensor]:
-        """What last.safetensors needs besides weights and optimizer: the carried state and the generators."""
-        tensors = {f"state.{i}": s for i, s in enumerate(self.state)}
-        tensors["rng.torch"] = torch.get_rng_state()
+    def state_dict(self) -> dict:
+        """Everything an exact resume needs, in one dict (model/files.py packs it into last.safetensors): weights,
+        AdamW's moments and step counts, every stream's carried state, the generators, and the progress (the
+        streams' cursor included)."""
+        rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
-            tensors["rng.cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        return tensors
+            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())  # (devices, n) uint8
+        return {"model": self.model.state_dict(), "optim": self.optimizer.state_dict(), "state": list(self.state),
+                "rng": rng, "rng_python": random.getstate(), "progress": dataclasses.asdict(self.progress)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        """Put the trainer exactly where state_dict() was taken. Every piece is checked against the model and the
+        batch before anything changes (KeyError, TypeError or ValueError naming the piece)."""
+        weights = fitting(self.model, sd["model"])
+        check_optimizer(self.optimizer, sd["optim"]["state"])
+        state = tuple(sd["state"])
+        if len(state) != len(self.state) or any(s.shape != t.shape or not s.is_floating_point()
+                                                for s, t in zip(state, self.state, strict=False)):
+            raise ValueError("the carried state (state.*) does not fit the model and --batch-size")
+        version, internal, gauss = sd["rng_python"]
+        progress = Progress(**{**sd["progress"], "best_val": sd["progress"]["best_val"] if sd["progress"]["best_val"]
+                               is not None else math.inf})
+        self.model.load_state_dict(weights)
+        if sd["optim"]["state"]:  # empty when saved before the first update (every step so far skipped)
+            self.optimizer.load_state_dict(sd["optim"])
+        self.state = tuple(s.to(self.device, torch.float32) for s in state)
+        torch.set_rng_state(sd["rng"]["torch"])
+        if "cuda" in sd["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(list(sd["rng"]["cuda"]))
+        random.setstate((version, tuple(internal), gauss))
+        self.progress = progress
 
     def validate(self) -> None:
         p, start = self.progress, time.monotonic()
@@ -207,7 +218,7 @@ class Trainer:
             p.elapsed_s = time.monotonic() - start
             if p.step % cfg.log_every == 0:
                 now = time.monotonic()
-                self.emit("log", step=p.step, epoch=p.epoch + p.window / len(self.train), elapsed_s=p.elapsed_s,
+                self.emit("log", step=p.step, epoch=p.epoch + p.window / len(self.train_streams), elapsed_s=p.elapsed_s,
                           lr=self.optimizer.param_groups[0]["lr"], train_loss=sum(losses) / len(losses),
                           chars_per_s=chars / max(now - mark, 1e-9))
                 chars, losses, mark = 0, [], now
@@ -220,3 +231,17 @@ class Trainer:
             self.validate()
         self.emit("end", step=p.step, elapsed_s=p.elapsed_s, best_val=p.best_val, stopped=self.stop_requested)
         return p
+
+
+def check_optimizer(optimizer: AdamW, state: dict[int, dict[str, torch.Tensor]]) -> None:
+    """AdamW's moments and step counts, each checked against its parameter's shape (a mismatch would otherwise
+    surface as an error midway through the next step); empty state (no update yet) passes."""
+    if not state:
+        return
+    for i, param in enumerate(optimizer.params):
+        s = state.get(i, {})
+        shapes = {"step": (), "exp_avg": param.shape, "exp_avg_sq": param.shape}
+        if s.keys() != shapes.keys() or any(tuple(s[k].shape) != tuple(v) for k, v in shapes.items()):
+            raise ValueError(f"optimizer state optim.{i}.* does not match parameter {i}")
+    if state.keys() != set(range(len(optimizer.params))):
+        raise ValueError("the optimizer state is for another model")

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.atomic import remove_stale, replacing, temp_file
+from charrnn.data.sources import Source
 from charrnn.errors import CharrnnError
-from charrnn.sources import Source
 
 FORMAT = 1  # bumped when the entry layout or the encoding rules change, so old entries are rebuilt
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-from charrnn import download
 from charrnn.atomic import replacing
+from charrnn.data import download
 from charrnn.errors import CharrnnError, UsageError
 
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}

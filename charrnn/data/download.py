@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -45,13 +46,12 @@ def copy(url: str, f) -> str:
     """Stream url's body into f with a progress bar (terminals only); returns its SHA-256."""
     from tqdm import tqdm
 
-    from charrnn.console import console
-
+    err = sys.stderr  # the bar only at a terminal; data modules do not use the console
     digest = hashlib.sha256()
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name, leave=False,
-                  disable=not console.is_terminal, file=console.file) as bar:
+                  disable=err is None or not err.isatty(), file=err) as bar:
             while block := response.read(BLOCK):
                 f.write(block)
                 digest.update(block)

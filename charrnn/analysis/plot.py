@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from charrnn.atomic import writing
+from charrnn.console import info
 from charrnn.errors import CharrnnError, UsageError
 
 BITS = 1 / math.log(2)  # nats -> bits
@@ -115,3 +117,22 @@ def find_run(target: Path | None, root: Path = Path("checkpoints")) -> Path:
         where = "no such file or directory" if not target.exists() else "no runs there"
         raise CharrnnError(f"{target}: {where}; name a run directory (charrnn train writes OUT/RUN/metrics.jsonl)")
     return max(runs, key=lambda f: f.stat().st_mtime).parent
+
+
+def plot(*, runs: list[Path], output: Path | None) -> None:
+    """`charrnn plot`: the runs' curves as a figure (matplotlib), written atomically; without matplotlib, the text
+    curve on stderr and an error that says how to install it."""
+    if output is not None:
+        check_output(output)
+    dirs = [find_run(r) for r in runs or [None]]
+    curves = [read(d) for d in dirs]
+    output = output if output is not None else dirs[0] / "loss.png"
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        info(text(curves))
+        raise CharrnnError("matplotlib is not installed, so no figure was written (the text curve is above); "
+                           "install it with: pip install 'charrnn[plot]'") from None
+    with writing(output) as tmp:
+        figure(curves, tmp, output.suffix[1:].lower())
+    info(f"wrote {output}")

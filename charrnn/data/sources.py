@@ -5,30 +5,21 @@ path relative to it. A file reached twice is read once. Hidden files and directo
 inside a directory are not searched, and counted; binary and UTF-16/32 files found there are skipped and counted,
 while such a file named on the command line is an error.
 
-Invalid UTF-8 is an error naming the file and byte offset, unless --encoding-errors replace (each invalid byte
-becomes U+FFFD) or skip (dropped) is given; then BadBytes counts them and remembers the first.
+What is left out or ignored is returned in Inputs (skipped, warnings) for the caller to report.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextlib
 import fnmatch
 import os
-import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from charrnn.atomic import temp_file
-from charrnn.console import warn
+from charrnn.data.text import BINARY_SNIFF, STDIN, not_text, stdin_bytes, unreadable
 from charrnn.errors import CharrnnError, UsageError
 
-BINARY_SNIFF = 8000  # a NUL byte in this many leading bytes marks a binary file
-WIDE_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
-             (b"\xfe\xff", "UTF-16"))  # byte-order marks of encodings that are not UTF-8, longest first
 SPOOL_CHUNK = 4 << 20  # bytes of stdin copied at a time while spooling
-STDIN = "-"
 
 
 @dataclass
@@ -43,24 +34,13 @@ class Inputs:
     sources: list[Source]
     name: str  # the corpus's name in messages and checkpoints
     skipped: dict[str, int] = field(default_factory=dict)  # files left out of directories, by kind: binary, ...
+    warnings: list[str] = field(default_factory=list)  # what the caller should warn about (an unused --glob)
     spool: Path | None = field(default=None, repr=False)  # stdin's temporary copy; removed by close()
 
     def close(self) -> None:
         if self.spool is not None:
             self.spool.unlink(missing_ok=True)
             self.spool = None
-
-
-def not_text(name: str, head: bytes) -> tuple[str, CharrnnError] | None:
-    """Why a file that starts with head is not UTF-8 text, as (kind, error): kind 'UTF-16' or 'UTF-32' by a
-    byte-order mark, 'binary' by a NUL byte in the first BINARY_SNIFF bytes. None for text."""
-    for bom, encoding in WIDE_BOMS:
-        if head.startswith(bom):
-            return encoding, CharrnnError(
-                f"{name} is {encoding} text (byte-order mark {bom.hex(' ').upper()}), not UTF-8; convert it: "
-                f"iconv -f {encoding} -t UTF-8 {shlex.quote(name)} > converted.txt")
-    offset = head[:BINARY_SNIFF].find(b"\x00")
-    return ("binary", binary_file(name, offset)) if offset >= 0 else None
 
 
 def matches(relative: PurePosixPath, pattern: str | None) -> bool:
@@ -70,11 +50,15 @@ def matches(relative: PurePosixPath, pattern: str | None) -> bool:
     return relative.match(pattern) if "/" in pattern else fnmatch.fnmatchcase(relative.name, pattern)
 
 
+def raise_unreadable(name: str, e: OSError):
+    raise unreadable(name, e)
+
+
 def walk(root: Path, pattern: str | None) -> tuple[list[Path], int]:
     """(the files under root, sorted; hidden files and directories left out), the hidden entries left out.
     Recursive; symlinked directories are not followed."""
     found, hidden = [], 0
-    for directory, dirs, files in os.walk(root, onerror=lambda e: _unreadable(e.filename, e)):
+    for directory, dirs, files in os.walk(root, onerror=lambda e: raise_unreadable(e.filename, e)):
         hidden += sum(name.startswith(".") for name in dirs + files)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
@@ -83,70 +67,6 @@ def walk(root: Path, pattern: str | None) -> tuple[list[Path], int]:
             if not name.startswith(".") and path.is_file() and matches(relative, pattern):
                 found.append((relative.as_posix(), path))
     return [path for _, path in sorted(found)], hidden
-
-
-def _unreadable(name: str, e: OSError):
-    raise CharrnnError(f"cannot read {name}: {e.strerror}")
-
-
-def binary_file(name: str, offset: int) -> CharrnnError:
-    return CharrnnError(f"{name} looks like a binary file (NUL byte at offset {offset}); give a UTF-8 text file")
-
-
-def not_utf8(name: str, byte: int, offset: int, where: str = "", flag: bool = True) -> CharrnnError:
-    also = " or pass --encoding-errors replace (or skip)" if flag else ""
-    return CharrnnError(f"{name} is not valid UTF-8: byte 0x{byte:02x} at offset {offset}{where}; "
-                        f"re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8){also}")
-
-
-class BadBytes:
-    """--encoding-errors replace|skip: a codec error handler that replaces (U+FFFD per byte) or drops invalid
-    bytes, counting them and remembering the first one's file and offset. Set label and base (the absolute
-    offset of the bytes being decoded) before each decode."""
-
-    def __init__(self, mode: str):
-        self.mode, self.count, self.first = mode, 0, ""
-        self.label, self.base = "", 0
-        self.handler = "strict" if mode == "strict" else f"charrnn-{mode}-{id(self)}"
-        if mode != "strict":
-            codecs.register_error(self.handler, self.handle)
-
-    def handle(self, e: UnicodeDecodeError) -> tuple[str, int]:
-        if not self.count:
-            self.first = f"{self.label} at byte offset {self.base + e.start}"
-        self.count += e.end - e.start
-        return ("\ufffd" if self.mode == "replace" else "") * (e.end - e.start), e.end
-
-    def report(self) -> str:
-        """The stderr line for what was replaced or skipped, or '' when every byte was valid UTF-8."""
-        if not self.count:
-            return ""
-        done = "replaced with U+FFFD" if self.mode == "replace" else "skipped"
-        return (f"{self.count:,} invalid UTF-8 byte{'s' * (self.count != 1)} {done} (--encoding-errors "
-                f"{self.mode}); the first in {self.first}")
-
-
-def stdin_bytes():
-    """stdin as bytes; a stdin the shell closed (<&-) is a usage error."""
-    if sys.stdin is None:
-        raise UsageError("stdin is closed; pipe text in (e.g. cat FILE | charrnn ...) or give a file")
-    return sys.stdin.buffer
-
-
-@contextlib.contextmanager
-def open_input(source: str):
-    """A file's bytes, or stdin's for '-'; a missing or unreadable file is a one-line error."""
-    if source == STDIN:
-        yield stdin_bytes()
-        return
-    try:
-        f = open(source, "rb")
-    except FileNotFoundError:
-        raise CharrnnError(f"no such file: {source}; check the path (or use '-' to read stdin)") from None
-    except OSError as e:
-        _unreadable(source, e)
-    with f:
-        yield f
 
 
 def spool_stdin(directory: Path) -> Path:
@@ -210,15 +130,16 @@ def _sniff(path: Path, name: str | None = None) -> tuple[str, CharrnnError] | No
         raise CharrnnError(f"cannot read {path}: {e.strerror}") from None
 
 
-def resolve(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
+def collect(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
     """Command-line inputs -> the files to read, in order. stdin is spooled into spool_dir."""
     if not args:
         raise UsageError("give at least one input: a file, a directory, or - for stdin")
     if args.count(STDIN) > 1:
         raise UsageError("stdin ('-') can be given only once")
-    if pattern is not None and not any(arg != STDIN and Path(arg).is_dir() for arg in args):
-        warn(f"--glob {pattern!r} filters the files of directories, and no directory was given; ignored")
     inputs = Inputs([], corpus_name(args))
+    if pattern is not None and not any(arg != STDIN and Path(arg).is_dir() for arg in args):
+        inputs.warnings.append(f"--glob {pattern!r} filters the files of directories, and no directory was given; "
+                               "ignored")
     seen: set[Path] = set()
     try:
         for arg in args:

@@ -5,13 +5,14 @@ in [-1, 1] like the rest, or its hidden state h; for a GRU or an RNN its hidden 
 the unit's value once the model has read that character (so the first character already has one), and the
 character's logits are the model's prediction of the character after it.
 
-Values are recorded by the fused sampling step (fused.py) at batch 1, one character at a time, copied out after
+Values are recorded by the fused sampling step (model/steps.py) at batch 1, one character at a time, copied out after
 every step: exactly what sampling computes. The text goes through in blocks of CHUNK characters with the state
 carried, so only a block's values are ever held for every unit: texts of any length work in bounded memory.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,12 +20,11 @@ import numpy as np
 import torch
 
 from charrnn.errors import UsageError
-from charrnn.fused import FusedStep, supported
-from charrnn.model import CharRNN
-from charrnn.sample import ModelStep
+from charrnn.model.rnn import CELLS, CharRNN
+from charrnn.model.steps import step_for
 
 CHUNK = 1024  # characters per recorded block: bounds the (CHUNK, layers H) arrays held at once
-STATES = ("cell", "hidden")  # cell: tanh(c), LSTM only; hidden: h
+STATES = ("cell", "hidden")  # cell: tanh(c), for a cell type with a cell state (rnn.CELLS); hidden: h
 CONSTANT_VAR = 1e-14  # a unit or signal whose variance per character is at most this counts as constant: r = 0
 BINS = 1024  # levels at which rank correlation ranks a unit's values in [-1, 1]: values within 2/BINS may tie
 
@@ -44,21 +44,29 @@ class Block:
     """The next n characters' recording."""
 
     hidden: np.ndarray  # (n, layers H) float32: h; column layer * H + index
-    cell: np.ndarray | None  # (n, layers H) float32: tanh(c); None but for an LSTM
+    cell: np.ndarray | None  # (n, layers H) float32: tanh(c); None for a cell type without a cell state
     logits: torch.Tensor  # (n, V) float32: each character's prediction of the next one
 
     def of(self, state: str) -> np.ndarray:
         return self.cell if state == "cell" else self.hidden
 
 
+def parse(spec: str) -> tuple[int, int]:
+    """--unit LAYER:INDEX -> (layer, index); the ranges are checked once the model is loaded (check_units)."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", spec)
+    if not m:
+        raise UsageError(f"--unit {spec!r}: expected LAYER:INDEX, two numbers counted from 0, e.g. --unit 0:17")
+    return int(m[1]), int(m[2])
+
+
 def states_of(model: CharRNN, state: str | None) -> tuple[str, ...]:
-    """The states --state asks for (None: every state the cell has); cell on a GRU or RNN is a usage error."""
-    cell = model.cfg.cell
-    if state == "cell" and cell != "lstm":
-        raise UsageError(f"--state cell: this model is a {cell}, whose only state is hidden (cell is LSTM only)")
-    if state is not None:
-        return (state,)
-    return STATES if cell == "lstm" else ("hidden",)
+    """The states --state asks for (None: every state the cell has, cell first); cell on a cell type without a
+    cell state (GRU, RNN) is a usage error."""
+    has = tuple(s for s in STATES if s in model.kind.states)
+    if state is not None and state not in has:
+        raise UsageError(f"--state {state}: this model is a {model.cfg.cell}, whose only state is hidden (cell is "
+                         f"{' and '.join(c for c, k in CELLS.items() if 'cell' in k.states)} only)")
+    return (state,) if state is not None else has
 
 
 def check_units(model: CharRNN, pairs: list[tuple[int, int]], state: str | None) -> list[Unit]:
@@ -85,32 +93,24 @@ def record(model: CharRNN, ids: np.ndarray, device: torch.device, chunk: int | N
     """Blocks of at most chunk characters covering ids (N,) in order, from the zero state, state carried."""
     chunk = chunk or CHUNK
     model.eval()
-    L, H, V, lstm = model.cfg.num_layers, model.cfg.hidden_size, model.cfg.vocab_size, model.cfg.cell == "lstm"
-    state = model.init_state(1, device)
-    step = FusedStep(model, state) if supported(model) else ModelStep(model, state)
+    L, H, V = model.cfg.num_layers, model.cfg.hidden_size, model.cfg.vocab_size
+    has_cell = "cell" in model.kind.states
+    step = step_for(model, model.init_state(1, device))
     x = torch.as_tensor(ids.astype(np.int64), device=device).view(-1, 1)  # (N, 1): x[t] is step t's (1,) input
     hidden = torch.empty(chunk, L, H, device=device)  # (chunk, L, H)
-    cell = torch.empty(chunk, L, H, device=device) if lstm else None  # (chunk, L, H): c, tanh taken per block
+    cell = torch.empty(chunk, L, H, device=device) if has_cell else None  # (chunk, L, H): c, tanh taken per block
     logits = torch.empty(chunk, V, device=device)  # (chunk, V)
     for start in range(0, len(ids), chunk):
         n = min(chunk, len(ids) - start)
         for t in range(n):
             logits[t] = step(x[start + t])[0]
-            h, c = now(step)
-            hidden[t] = h
-            if lstm:
-                cell[t] = c
+            now = step.now()  # each (L, H): hidden, then cell
+            hidden[t] = now[0]
+            if has_cell:
+                cell[t] = now[1]
         yield Block(hidden[:n].reshape(n, L * H).cpu().numpy().copy(),
-                    torch.tanh(cell[:n]).reshape(n, L * H).cpu().numpy() if lstm else None,
+                    torch.tanh(cell[:n]).reshape(n, L * H).cpu().numpy() if has_cell else None,
                     logits[:n].float().cpu().clone())
-
-
-def now(step: FusedStep | ModelStep) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The step's state at batch row 0: h (L, H) and, for an LSTM, c (L, H), as views (copy before stepping)."""
-    if isinstance(step, FusedStep):
-        return step.z.view(step.layers, -1), (torch.stack([c[0] for c in step.c]) if step.c is not None else None)
-    s = step.state  # each (L, 1, H)
-    return s[0][:, 0], (s[1][:, 0] if len(s) > 1 else None)
 
 
 class Correlation:

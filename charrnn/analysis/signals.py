@@ -1,6 +1,6 @@
 """Signals for `charrnn cells --find`: one number per character of a text, which a unit's values are compared with.
 
-Each signal is the value that holds once its character has been read, as a unit's value is (cells.py): an
+Each signal is the value that holds once its character has been read, as a unit's value is (units.py): an
 opening delimiter (a quote, a comment marker, a bracket) is already inside its span, a closing one is outside.
 Lines end at "\\n"; a newline belongs to the line it ends. Every function takes the text and returns a float64
 array of len(text) values.

@@ -1,4 +1,5 @@
-"""Showing units' values on their text: coloured for a terminal, plain lines for scripts, a standalone HTML page.
+"""`charrnn cells`: units' values shown on their text, coloured for a terminal, plain lines for scripts, or a
+standalone HTML page; the --find table.
 
 A value's colour runs from blue at -1 through white at 0 to red at +1 (values are clipped to [-1, 1]), as in
 Karpathy, Johnson and Fei-Fei's figures; the text on it is black, or white on the darkest colours.
@@ -13,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.analysis import signals, units
+from charrnn.analysis.score import drop_unknown
 from charrnn.atomic import writing
-from charrnn.console import info
+from charrnn.console import info, note, warn
+from charrnn.data.text import read_text
+from charrnn.errors import CharrnnError, UsageError
+from charrnn.model.files import load_chosen
 
 WHITE, BLUE, RED = np.array([255, 255, 255]), np.array([33, 102, 204]), np.array([214, 39, 40])
 
@@ -131,12 +137,13 @@ def lines(text: str, labels: list[str], values: np.ndarray, colour: bool) -> Ite
         yield from terminal(text, values[:, k])
 
 
-def report_page(title: str, text: str, units: list, labels: list[str], rec, vocab) -> str:
-    """The page for units (cells.Unit) under their labels, from a cells.Recording of text."""
+def report_page(title: str, text: str, chosen: list[units.Unit], labels: list[str], rec: units.Recording,
+                vocab) -> str:
+    """The page for the chosen units under their labels, from a Recording of text."""
     nexts = [[(vocab.chars[i], p) for i, p in zip(row_ids, row_probs, strict=True)]
              for row_ids, row_probs in zip(rec.top_ids.tolist(), rec.top_probs.tolist(), strict=True)]
     blocks = [{"name": str(u), "state": u.state, "label": label, "values": rec.values[:, k].tolist()}
-              for k, (u, label) in enumerate(zip(units, labels, strict=True))]
+              for k, (u, label) in enumerate(zip(chosen, labels, strict=True))]
     return page(title, text, blocks, nexts)
 
 
@@ -145,3 +152,45 @@ def write_page(path: Path, content: str) -> None:
     with writing(path, "w", encoding="utf-8") as f:
         f.write(content)
     info(f"wrote {path}")
+
+
+def cells(*, source: str, checkpoint: Path | None, unit: list[str], state: str | None, find: str | None, top: int,
+          max_chars: int | None, page: Path | None, values: bool, colour: bool,
+          device_name: str) -> Iterator[str] | None:
+    """Read source with the model, rank its units for --find, write the --html page; return what goes to stdout
+    (the text, coloured or as value lines; the --find table when the text does not go there), or None when
+    nothing does (the page alone). Characters outside the model's vocabulary are left out, with a warning."""
+    pairs, signal = [units.parse(spec) for spec in unit], signals.parse(find) if find is not None else None
+    if signal is None and not pairs:
+        raise UsageError("name a unit with --unit LAYER:INDEX (e.g. --unit 0:0), or let --find PREDICATE pick one")
+    if page is not None and not page.parent.is_dir():
+        raise UsageError(f"--html {page}: no directory {page.parent}")
+    model, vocab, meta, device, _ = load_chosen(checkpoint, device_name, "fp32", "reading")
+    states, chosen = units.states_of(model, state), units.check_units(model, pairs, state)
+    name, text, _ = read_text(source)
+    text, unknown = drop_unknown(vocab, text)
+    if unknown:
+        warn(f"characters outside the model's vocabulary left out: {''.join(unknown)!r}")
+    if not text:
+        raise CharrnnError(f"{name} has no characters in the model's vocabulary; nothing to read")
+    ids = vocab.encode(text)  # (N,)
+    shown = text[:max_chars] if max_chars is not None else text
+    to_stdout = bool(shown) and (page is None or values)
+    table, found = [], {}
+    if signal is not None:
+        ranked = units.rank(model, ids, signal(text), states, device)
+        found, chosen = {u: rho for u, rho, _ in ranked}, chosen or [ranked[0][0]]
+        table = units.table(ranked[:top])
+        for line in table if to_stdout else []:  # the text goes to stdout: the table to stderr
+            info(line)
+    if len(shown) < len(text):
+        note(f"showing the first {len(shown):,} of {len(text):,} characters")
+    rec = units.collect(model, ids[: len(shown)], chosen, device)
+    labels = [f"layer {u.layer}, unit {u.index} ({u}), {u.state} state"
+              + (f": rank correlation {found[u]:+.3f} with {find}" if u in found else "") for u in chosen]
+    if page is not None and shown:
+        title = f"charrnn cells: {name}, model trained on {meta['corpus']['name']}"
+        write_page(page, report_page(title, shown, chosen, labels, rec, vocab))
+    if to_stdout:
+        return lines(shown, labels, rec.values, colour and not values)
+    return iter([line + "\n" for line in table]) if page is None or values or signal is not None else None

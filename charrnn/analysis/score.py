@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from charrnn.batches import evaluation_streams
+from charrnn.config import TrainConfig
 from charrnn.console import warn
+from charrnn.data.batches import evaluation_streams
+from charrnn.data.text import read_lines, read_text
+from charrnn.data.vocab import Vocab
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
-from charrnn.model import CharRNN
-from charrnn.sources import BINARY_SNIFF, STDIN, BadBytes, binary_file, not_text, not_utf8, open_input
-from charrnn.train import evaluate
-from charrnn.vocab import Vocab
+from charrnn.model.evaluate import evaluate
+from charrnn.model.files import load_chosen
+from charrnn.model.rnn import CharRNN
 
 LN2 = math.log(2)
 
@@ -58,7 +63,7 @@ def score_text(model: CharRNN, vocab: Vocab, text: str, batch_size: int, seq_len
                device: torch.device, precision: str = "fp32") -> Score:
     """Mean loss over text in the layout of training's validation: min(B, (n-1)//T) contiguous streams,
     windows of T, state carried, so the validation split scores exactly its reported validation loss.
-    Every character but the first is predicted (train.evaluate)."""
+    Every character but the first is predicted (model/evaluate.py)."""
     kept, unknown = drop_unknown(vocab, text)
     ids = vocab.encode(kept)  # (n,)
     if len(ids) < 2:
@@ -100,25 +105,52 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
         yield LineScore(nats / LN2, len(y), text, unknown, len(line) - len(kept))
 
 
-def read_lines(source: str, errors: str = "strict") -> Iterator[str]:
-    """UTF-8 lines of a file or of stdin ('-'), newline kept, each as soon as it arrives; invalid bytes as
-    errors (--encoding-errors) says, with a warning at the end."""
-    name = "stdin" if source == STDIN else source
-    offset = 0
-    bad = BadBytes(errors)
-    bad.label = name
-    with open_input(source) as lines:
-        for number, raw in enumerate(lines, 1):
-            if number == 1 and (problem := not_text(name, raw)):  # a UTF-16/32 byte-order mark, or binary
-                raise problem[1]
-            if offset < BINARY_SNIFF and b"\x00" in raw:
-                raise binary_file(name, offset + raw.index(0))
-            bad.base = offset
-            try:
-                line = raw.decode("utf-8", bad.handler)
-            except UnicodeDecodeError as e:
-                raise not_utf8(name, raw[e.start], offset + e.start, f" (line {number})") from None
-            offset += len(raw)
-            yield line[1:] if number == 1 and line.startswith("\ufeff") else line
-    if bad.count:
-        warn(bad.report())
+def score(*, source: str, checkpoint: Path | None, device_name: str, precision: str, as_json: bool, errors: str,
+          per_line: bool) -> Iterator[str]:
+    """`charrnn score`: what goes to stdout, the whole text's report or one line per input line as each arrives;
+    warnings (characters skipped, bytes replaced) on stderr."""
+    model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "scoring with")
+    if per_line:
+        yield from each_line(model, vocab, source, device, precision, as_json, errors)
+        return
+    _, text, replaced = read_text(source, errors)
+    if replaced:
+        warn(replaced)
+    train_cfg = {**dataclasses.asdict(TrainConfig()), **meta["train"]}
+    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device, precision)
+    warn_unknown(result.oov_chars, result.oov)
+    yield report(result, as_json) + "\n"
+
+
+def report(result: Score, as_json: bool) -> str:
+    """The score of a whole text, as aligned `name value` lines or as JSON."""
+    fields = result.as_dict()
+    if as_json:
+        return json.dumps(fields, ensure_ascii=False)
+    fields["oov_chars"] = repr("".join(result.oov_chars))  # quoted, control characters escaped
+    if not result.oov:
+        del fields["oov_chars"]
+    return "\n".join(f"{k:<14} {v:.4f}" if isinstance(v, float) else f"{k:<14} {v}" for k, v in fields.items())
+
+
+def each_line(model: CharRNN, vocab: Vocab, source: str, device: torch.device, precision: str, as_json: bool,
+              errors: str) -> Iterator[str]:
+    """One output line per input line, as each arrives: `bits_per_char<TAB>line`, or JSON Lines."""
+    unknown: set[str] = set()
+    count, replaced = 0, []
+    for s in score_lines(model, vocab, read_lines(source, errors, replaced), device, precision):
+        unknown.update(s.unknown)
+        count += s.oov
+        if as_json:
+            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
+                              "scored": s.scored, "line": s.line}, ensure_ascii=False) + "\n"
+        else:
+            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+    for line in replaced:
+        warn(line)
+    warn_unknown(sorted(unknown), count)
+
+
+def warn_unknown(unknown: list[str], count: int) -> None:
+    if unknown:
+        warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")

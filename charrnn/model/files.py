@@ -1,4 +1,5 @@
-"""The only code that reads or writes model files: safetensors tensors + JSON metadata, never pickle.
+"""The only code that reads or writes model files: safetensors tensors + JSON metadata, never pickle; and loading
+a model from one.
 
 A file holds tensors prefixed model. (weights), optim. (AdamW moments), state. (carried hidden state),
 rng. (generator states), and two metadata strings: "charrnn", the JSON metadata (format, configs, vocab,
@@ -19,9 +20,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from charrnn import config
-from charrnn.adamw import AdamW
+from charrnn import device as devices
 from charrnn.atomic import remove_stale, replacing
+from charrnn.config import ModelConfig
+from charrnn.console import note
+from charrnn.data.vocab import REPLACEMENT, Vocab
 from charrnn.errors import CheckpointError
+from charrnn.model.rnn import CharRNN
 
 FORMAT = 1  # bump when the layout changes; older readers refuse newer files
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -130,7 +135,7 @@ def check_meta(path: Path, meta: dict) -> None:
         raise bad("corpus.name and corpus.fingerprint must be strings")
 
 
-def resolve(target: Path | None, root: Path = Path("checkpoints")) -> Path:
+def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Path:
     """A model file, a run directory (best, else last), or a directory of runs (its newest run);
     None: the newest run under root."""
     if target is None or (target.is_dir() and not any((target / name).is_file() for name in (BEST, LAST))
@@ -161,29 +166,69 @@ def split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def pack_optimizer(optimizer: AdamW) -> tuple[dict[str, torch.Tensor], list]:
-    """Optimizer state as optim.<param>.<key> tensors plus JSON param groups (kept for reference: the groups
-    are rebuilt from the run's config on resume, so no setting is read back from the file)."""
-    sd = optimizer.state_dict()
-    tensors = {f"optim.{i}.{k}": v for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, sd["param_groups"]
+def pack(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """A Trainer.state_dict() (or its model and progress alone) as a file's tensors and metadata entries:
+    model.<name>, optim.<param>.<key>, state.<i>, rng.<name>; progress, rng_python and optim_groups (AdamW's
+    settings, kept for reference: resume rebuilds them from the run's config, so no setting is read back)."""
+    tensors = {f"model.{k}": v for k, v in sd["model"].items()}
+    progress = dict(sd["progress"])
+    progress["best_val"] = progress["best_val"] if math.isfinite(progress["best_val"]) else None
+    if "optim" not in sd:  # the model alone (best.safetensors)
+        return tensors, {"progress": progress}
+    tensors.update({f"optim.{i}.{k}": v for i, s in sd["optim"]["state"].items() for k, v in s.items()})
+    tensors.update({f"state.{i}": s for i, s in enumerate(sd["state"])})
+    tensors.update({f"rng.{k}": v for k, v in sd["rng"].items()})
+    return tensors, {"progress": progress, "optim_groups": sd["optim"]["param_groups"], "rng_python": sd["rng_python"]}
 
 
-def unpack_optimizer(optimizer: AdamW, tensors: dict[str, torch.Tensor]) -> None:
-    """Load AdamW's moments and step counts, each checked against its parameter's shape (a mismatch
-    would otherwise surface as an error midway through the next step)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    state: dict[int, dict] = {}
+def unpack(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    """pack's inverse: a file's tensors and metadata as a Trainer.state_dict() (checked by load_state_dict)."""
+    optim: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in split(tensors, "optim").items():
         i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    if not state:  # saved before the first update (every step so far skipped): nothing to load
-        return
-    for i, param in enumerate(params):
-        s = state.get(i, {})
-        shapes = {"step": (), "exp_avg": param.shape, "exp_avg_sq": param.shape}
-        if s.keys() != shapes.keys() or any(tuple(s[k].shape) != tuple(v) for k, v in shapes.items()):
-            raise ValueError(f"optimizer state optim.{i}.* does not match parameter {i}")
-    if state.keys() != set(range(len(params))):
-        raise ValueError("the optimizer state is for another model")
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        optim.setdefault(int(i), {})[name] = value
+    states = split(tensors, "state")
+    return {"model": split(tensors, "model"), "optim": {"state": optim, "param_groups": meta.get("optim_groups")},
+            "state": [states[str(i)] for i in range(len(states))], "rng": split(tensors, "rng"),
+            "rng_python": meta["rng_python"], "progress": meta["progress"]}
+
+
+def fitting(model: CharRNN, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """weights as float32, once each is known to be there with the model's shape (ValueError naming the first
+    that is not)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items() if v.is_floating_point()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | weights.keys() if expected.get(k) != found.get(k))
+        raise ValueError(f"tensor model.{wrong[0]} is missing or does not fit the model its metadata describes")
+    return {k: v.float() for k, v in weights.items()}
+
+
+def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
+    """A checkpoint file's model (eval mode, on device), vocab and metadata.
+
+    The model is built on the meta device and takes the file's tensors, so a file whose config
+    disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
+    tensors, meta = load(path)  # metadata checked: types, sizes within bounds, vocab size
+    folds = meta["train"].get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
+    vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
+    with torch.device("meta"):
+        model = CharRNN(ModelConfig(**meta["model"]), init=False)
+    try:
+        weights = fitting(model, split(tensors, "model"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}; it was not written by this charrnn") from None
+    model.load_state_dict(weights, assign=True)
+    return model.to(device).eval(), vocab, meta
+
+
+def load_chosen(target: Path | None, device_name: str, precision: str, verb: str):
+    """(model, vocab, meta, device, precision) of the checkpoint the user named (find_checkpoint), the device and
+    precision checked first; says at a terminal which file, unless a file was named."""
+    device = devices.pick(device_name)
+    precision = devices.precision(precision, device)
+    path = find_checkpoint(target)
+    model, vocab, meta = load_model(path, device)
+    if target is None or target.is_dir():
+        note(f"{verb} {path}")
+    return model, vocab, meta, device, precision

@@ -1,27 +1,23 @@
-"""A run directory: OUT/RUN with best.safetensors, last.safetensors and metrics.jsonl; saving and resuming."""
+"""A run directory: OUT/RUN with best.safetensors, last.safetensors and metrics.jsonl; claiming it before a run,
+recording a run into it (the Recorder), releasing what a failed run made."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
-import math
-import random
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from charrnn import checkpoint
 from charrnn.atomic import replacing
-from charrnn.checkpoint import BEST, LAST
-from charrnn.config import ModelConfig
-from charrnn.corpus import Corpus
-from charrnn.errors import CharrnnError, CheckpointError, UsageError
-from charrnn.model import CharRNN
-from charrnn.train import Event, Progress, Trainer
-from charrnn.vocab import REPLACEMENT, Vocab
+from charrnn.data.corpus import Corpus
+from charrnn.errors import CharrnnError, UsageError
+from charrnn.model import files
+from charrnn.model.files import BEST, LAST
+from charrnn.training.trainer import Event, Trainer
 
 METRICS = "metrics.jsonl"
 CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
@@ -48,7 +44,7 @@ def claim(directory: Path, force: bool, resume: bool) -> list[Path]:
     except OSError as e:
         release(directory, created)
         raise CharrnnError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
-    checkpoint.clean_temp(directory)
+    files.clean_temp(directory)
     return created
 
 
@@ -105,26 +101,20 @@ class Recorder:
 
     def meta(self) -> dict:
         t = self.trainer
-        progress = dataclasses.asdict(t.progress)
-        progress["best_val"] = progress["best_val"] if math.isfinite(progress["best_val"]) else None
         return {"model": dataclasses.asdict(t.model.cfg), "train": dataclasses.asdict(t.cfg),
-                "vocab": self.corpus.vocab.chars, "progress": progress,
-                "epoch": t.progress.epoch + t.progress.window / len(t.train),
+                "vocab": self.corpus.vocab.chars, "epoch": t.progress.epoch + t.progress.window / len(t.train_streams),
                 "corpus": {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint}}
 
     def save(self, name: str, full: bool) -> None:
-        t, meta = self.trainer, self.meta()
-        tensors = {f"model.{k}": v for k, v in t.model.state_dict().items()}
-        if not all(torch.isfinite(v).all() for v in tensors.values()):
+        """full: last.safetensors, all of Trainer.state_dict(); else best.safetensors, the model and progress."""
+        t = self.trainer
+        sd = t.state_dict() if full else {"model": t.model.state_dict(), "progress": dataclasses.asdict(t.progress)}
+        if not all(torch.isfinite(v).all() for v in sd["model"].values()):
             raise CharrnnError(f"the weights became non-finite at step {t.progress.step} and were not saved; "
                                f"{self.last_good()}; try a lower --lr")
-        if full:
-            optim, meta["optim_groups"] = checkpoint.pack_optimizer(t.optimizer)
-            tensors.update(optim)
-            tensors.update(t.carried())
-            meta["rng_python"] = random.getstate()
+        tensors, entries = files.pack(sd)
         try:
-            checkpoint.save(self.directory / name, tensors, meta)
+            files.save(self.directory / name, tensors, {**self.meta(), **entries})
         except OSError as e:
             raise CharrnnError(f"could not write {self.directory / name}: {e.strerror}; {self.last_good()}") from None
         self.saved_step = t.progress.step
@@ -135,7 +125,7 @@ class Recorder:
 
 def last_good(directory: Path) -> str:
     """Names the checkpoint on disk (read back: a save interrupted after its rename is in place)."""
-    step = checkpoint.saved_step(directory / LAST)
+    step = files.saved_step(directory / LAST)
     if step is None:
         return "no checkpoint had been written yet"
     return f"the last good checkpoint is {directory / LAST} (step {step})"
@@ -152,53 +142,4 @@ def logged_by(row: str, trainer: Trainer) -> bool:
 def read_last(directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not (directory / LAST).is_file():
         raise CharrnnError(f"nothing to resume: {directory / LAST} does not exist; train without --resume")
-    return checkpoint.load(directory / LAST)
-
-
-def restore(trainer: Trainer, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> None:
-    """Put a trainer back exactly where last.safetensors (path) left it; every tensor is checked first."""
-    weights = fitting_weights(path, trainer.model, tensors)
-    try:
-        trainer.model.load_state_dict(weights)
-        checkpoint.unpack_optimizer(trainer.optimizer, tensors)
-        state = tuple(tensors[f"state.{i}"] for i in range(len(trainer.state)))
-        if any(s.shape != t.shape or not s.is_floating_point() for s, t in zip(state, trainer.state, strict=True)):
-            raise ValueError("the carried state (state.*) does not fit the model and --batch-size")
-        trainer.state = tuple(s.to(trainer.device, torch.float32) for s in state)
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and trainer.device.type == "cuda":
-            torch.cuda.set_rng_state_all(list(tensors["rng.cuda"]))
-        version, state, gauss = meta["rng_python"]
-        random.setstate((version, tuple(state), gauss))
-        progress = dict(meta["progress"])
-        progress["best_val"] = math.inf if progress["best_val"] is None else progress["best_val"]
-        trainer.progress = Progress(**progress)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} cannot be resumed from: {e}"[:300] + "; it was not written by this "
-                              "charrnn") from None
-
-
-def fitting_weights(path: Path, model: CharRNN, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The file's model.* tensors as float32, once each is known to be there with the model's shape."""
-    weights = checkpoint.split(tensors, "model")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items() if v.is_floating_point()}
-    if found != expected:
-        wrong = sorted(k for k in expected.keys() | weights.keys() if expected.get(k) != found.get(k))
-        raise CheckpointError(f"{path}: tensor model.{wrong[0]} is missing or does not fit the model its metadata "
-                              "describes; it was not written by this charrnn")
-    return {k: v.float() for k, v in weights.items()}
-
-
-def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
-    """A checkpoint file's model (eval mode, on device), vocab and metadata.
-
-    The model is built on the meta device and takes the file's tensors, so a file whose config
-    disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
-    tensors, meta = checkpoint.load(path)  # metadata checked: types, sizes within bounds, vocab size
-    folds = meta["train"].get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
-    vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
-    with torch.device("meta"):
-        model = CharRNN(ModelConfig(**meta["model"]), init=False)
-    model.load_state_dict(fitting_weights(path, model, tensors), assign=True)
-    return model.to(device).eval(), vocab, meta
+    return files.load(directory / LAST)

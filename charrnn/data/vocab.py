@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 REPLACEMENT = "\ufffd"  # what --min-char-count maps rare characters to
@@ -19,10 +17,6 @@ class Vocab:
         self.chars = sorted(chars)
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # (V,) sorted code points
         self.index = {c: i for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_text(cls, text: str) -> Vocab:
-        return cls(list(set(text)))
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -55,13 +49,3 @@ class Vocab:
     def unknown(self, text: str) -> list[str]:
         """Characters of text that are not in the vocab (and have no fallback), sorted, each once."""
         return [] if self.fallback is not None else sorted(set(text) - self.index.keys())
-
-    def to_json(self) -> str:
-        return json.dumps(self.chars, ensure_ascii=True)
-
-    @classmethod
-    def from_json(cls, data: str) -> Vocab:
-        chars = json.loads(data)
-        if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
-            raise ValueError("vocab must be a JSON list of characters")
-        return cls(chars)

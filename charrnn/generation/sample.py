@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 
 from charrnn.config import SampleConfig
+from charrnn.console import warn
+from charrnn.data.text import read_text
+from charrnn.data.vocab import Vocab
 from charrnn.device import autocast
-from charrnn.fused import FusedStep, supported
-from charrnn.model import CharRNN, State
-from charrnn.vocab import Vocab
+from charrnn.model.files import load_chosen
+from charrnn.model.rnn import CharRNN, State
+from charrnn.model.steps import step_for
 
-Event = tuple[int, str | None]  # (sample, character), or (sample, None) once that sample has ended
+Piece = tuple[int, str | None]  # (sample, character), or (sample, None) once that sample has ended
 PRIME_CHUNK = 4096  # prime characters fed per forward pass: bounds the (1, P, V) logits of a long prime
 
 
@@ -38,8 +42,9 @@ def filtered_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, 
 
 
 class Noise:
-    """Gumbel noise for every sample and every step, drawn from one generator in blocks of steps: both sampling
-    steps (the model's modules and the fused one) take the same random numbers, so they write the same text."""
+    """Gumbel noise for every sample and every step, drawn from one generator in blocks of steps: both steps of
+    model/steps.py (the model's modules and the fused one) take the same random numbers, so they write the same
+    text."""
 
     def __init__(self, gen: torch.Generator, n: int, vocab_size: int):
         self.gen, self.n, self.V = gen, n, vocab_size
@@ -54,7 +59,7 @@ class Noise:
         return self.block.pop()
 
 
-def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
+def draw(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
     """One id per row of logits (B, V) -> (B,): argmax at temperature 0, else a draw from the filtered softmax,
     made as argmax(log-probabilities + Gumbel noise (B, V))."""
     if cfg.temperature == 0:
@@ -65,23 +70,6 @@ def pick(logits: torch.Tensor, noise: torch.Tensor, cfg: SampleConfig) -> torch.
         return ((logits - logits.amax(dim=-1, keepdim=True)) / cfg.temperature + noise).argmax(dim=-1)
     # noise + logits / T as one op: a tensor-by-Python-number op costs as much again as the add (batch 1)
     return torch.add(noise, logits, alpha=1 / cfg.temperature).argmax(dim=-1)  # alpha 1: exactly noise + logits
-
-
-class ModelStep:
-    """The straightforward sampling step: the model's own modules, one character at a time (the reference that
-    the fused step of fused.py must match)."""
-
-    def __init__(self, model: CharRNN, state: State, precision: str = "fp32"):
-        self.model, self.state, self.precision = model, state, precision
-
-    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B,) -> logits (B, V) of the next character."""
-        with torch.no_grad(), autocast(ids.device, self.precision):
-            logits, self.state = self.model(ids[:, None], self.state)  # (B, 1, V)
-        return logits[:, -1].float()
-
-    def keep(self, rows: torch.Tensor) -> None:
-        self.state = tuple(s.index_select(1, rows) for s in self.state)  # each (layers, B', H)
 
 
 def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
@@ -102,9 +90,9 @@ def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
 
 
 def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
-                   fast: bool = True, precision: str = "fp32") -> Iterator[Event]:
-    """Events of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
-    fused (fused.py, fp32) when fast and the model allows it, else through the model's modules.
+                   fast: bool = True, precision: str = "fp32") -> Iterator[Piece]:
+    """Pieces of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
+    fused (model/steps.py, fp32) when fast and the model allows it, else through the model's modules.
 
     A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
     finished samples leave the batch. Only the model's own modules need no_grad (ModelStep, warm_up): a no_grad
@@ -115,14 +103,13 @@ def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, d
     logits, state = warm_up(model, vocab, cfg.prime, gen, device, precision)  # (1, V)
     logits = logits.expand(n, -1)  # (N, V): every sample starts from the primed state
     state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # each (layers, N, H)
-    fused = fast and precision == "fp32" and supported(model)
-    step = FusedStep(model, state) if fused else ModelStep(model, state, precision)
+    step = step_for(model, state, fast, precision)
     noise = Noise(gen, n, len(vocab))
     on_cpu = device.type == "cpu"  # logits (always fp32) and ids need no moving: a call saved per character
     rows, tails, count = list(range(n)), [""] * n, 0  # rows[r]: the sample that batch row r belongs to
     while rows:
         g = noise.next()  # (N, V)
-        ids = pick(logits if on_cpu else logits.cpu(), g if len(rows) == n else g[rows], cfg)  # (rows,)
+        ids = draw(logits if on_cpu else logits.cpu(), g if len(rows) == n else g[rows], cfg)  # (rows,)
         chosen = ids.tolist()
         count += 1
         keep = []
@@ -143,7 +130,7 @@ def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, d
         logits = step(ids if on_cpu else ids.to(device))  # (rows, V)
 
 
-def in_order(events: Iterable[Event], n: int, prime: str, separator: str) -> Iterator[str]:
+def in_order(events: Iterable[Piece], n: int, prime: str, separator: str) -> Iterator[str]:
     """The text of samples 0..n-1 one after another, separator between, each starting with the prime.
 
     The first unfinished sample streams live; later ones wait in a buffer and are written when their turn
@@ -172,3 +159,24 @@ def generate(model: CharRNN, vocab: Vocab, prime: str, length: int, temperature:
     for _, ch in generate_batch(model, vocab, cfg, seed, device):
         if ch is not None:
             yield ch
+
+
+def read_prime(prime: str, prime_file: Path | None) -> str:
+    """The prime text: --prime TEXT, --prime - (stdin) or --prime-file PATH, read as UTF-8."""
+    if prime_file is not None:
+        return read_text(str(prime_file), flag=False)[1]
+    if prime == "-":
+        return read_text("-", flag=False)[1]
+    return prime
+
+
+def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str, precision: str,
+                prime: str, prime_file: Path | None) -> Iterator[str]:
+    """`charrnn sample`: the text of cfg.num_samples samples, each the prime then its continuation, separated."""
+    cfg.prime = read_prime(prime, prime_file)
+    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from")
+    unknown = vocab.unknown(cfg.prime)
+    if unknown:
+        warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
+    pieces = generate_batch(model, vocab, cfg, cfg.seed, device, precision=precision)
+    yield from in_order(pieces, cfg.num_samples, cfg.prime, cfg.separator)

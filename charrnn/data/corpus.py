@@ -11,24 +11,22 @@ when the first does not end with one, so lines of different files never run toge
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from charrnn import idcache
-from charrnn.console import info, warn
+from charrnn.data import idcache
+from charrnn.data.sources import Inputs, Source, count_skipped
+from charrnn.data.text import BadBytes, Reader
+from charrnn.data.vocab import REPLACEMENT, Vocab
 from charrnn.errors import CharrnnError
-from charrnn.sources import BINARY_SNIFF, STDIN, BadBytes, Inputs, Source, count_skipped, not_text, not_utf8, open_input
-from charrnn.vocab import REPLACEMENT, Vocab
 
 CHUNK = 256 << 10  # bytes read at a time; measured fastest (bench/corpus.py): a chunk's arrays stay in CPU cache
 CODE_SPACE = 0x110000  # Unicode code points 0 .. U+10FFFF
-BOM = 0xFEFF
 NEWLINE = ord("\n")  # put between files that do not end with one
 
 
@@ -39,6 +37,8 @@ class Corpus:
     ids: np.ndarray  # (N,) character ids, N = number of characters; memory-mapped from the id cache
     fingerprint: str  # "sha256:<hex>" of the raw bytes (several inputs: of their digests, in order)
     note: str = ""  # whether the id cache was reused or rebuilt, for the caller to report
+    notes: list[str] = field(default_factory=list)  # for the caller to report: files skipped, rare characters
+    warnings: list[str] = field(default_factory=list)  # for the caller to warn about: invalid bytes replaced, ...
 
     def split(self, val_frac: float, val_chars: int) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous (train, val): the last val_frac of the text, at most val_chars characters, is validation."""
@@ -52,61 +52,21 @@ def held_out(n: int, val_frac: float, val_chars: int) -> int:
     return min(n_val, val_chars) if val_chars else n_val
 
 
-def decode(name: str, data: bytes, errors: str = "strict", flag: bool = True) -> str:
-    """UTF-8 bytes held in memory -> text; binary or UTF-16/32 data is an error naming it, and so is invalid
-    UTF-8 unless errors (--encoding-errors) is replace or skip, which warns with the count instead.
-    flag: whether the strict error may suggest --encoding-errors (the command has it)."""
-    problem = not_text(name, data[:BINARY_SNIFF])
-    if problem is not None:
-        raise problem[1]
-    bad = BadBytes(errors)
-    bad.label = name
-    try:
-        text = data.decode("utf-8", bad.handler)
-    except UnicodeDecodeError as e:
-        raise not_utf8(name, data[e.start], e.start, flag=flag) from None
-    if bad.count:
-        warn(bad.report())
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def read_text(source: str, errors: str = "strict", flag: bool = True) -> tuple[str, str]:
-    """(name, text) of one whole file, or of stdin for '-': for primes and scoring, not corpora."""
-    name = "stdin" if source == STDIN else source
-    with open_input(source) as f:
-        return name, decode(name, f.read(), errors, flag)
-
-
 Chunk = bytes | np.ndarray  # a pure-ASCII chunk as its bytes (bytes are code points), else (n,) uint32 code points
 
 
 def file_chunks(source: Source, chunk_size: int, bad: BadBytes,
                 on_bytes: Callable[[bytes], None] | None = None) -> Iterator[Chunk]:
-    """One file's characters, chunk by chunk; a leading BOM dropped; invalid bytes as bad's mode says.
-
-    A character split across two reads waits in the decoder for its remaining bytes. Pure-ASCII reads skip
-    decoding altogether (the common case for source code), and are passed on as bytes for bytes.translate.
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")(bad.handler)
-    bad.label = source.label
-    offset, started = 0, False  # bytes read so far; whether the first character (a possible BOM) was seen
+    """One file's characters, chunk by chunk, through the UTF-8 reader (data/text.py): a leading BOM dropped,
+    invalid bytes as bad's mode says. Pure-ASCII reads come as bytes, for bytes.translate."""
+    reader = Reader(source.label, bad)
     with open(source.path, "rb") as f:
         while True:
             data = f.read(chunk_size)
             if on_bytes is not None and data:
                 on_bytes(data)
-            pending = decoder.getstate()[0]  # bytes of an unfinished character from the previous read
-            chunk: Chunk = data
-            if pending or not data.isascii():
-                bad.base = offset - len(pending)
-                try:
-                    text = decoder.decode(data, final=not data)
-                except UnicodeDecodeError as e:
-                    raise not_utf8(source.label, e.object[e.start], offset - len(pending) + e.start) from None
-                chunk = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-            offset += len(data)
-            if len(chunk) and not started:
-                started, chunk = True, chunk[1:] if chunk[0] == BOM else chunk
+            text = reader.decode(data, final=not data, ascii_as_bytes=True)
+            chunk = text if isinstance(text, bytes) else np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
             if len(chunk):
                 yield chunk
             if not data:
@@ -224,7 +184,7 @@ def encode_to(sources: list[Source], lut: np.ndarray, writer: idcache.IdsWriter,
 
 def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: int, errors: str,
             chunk_size: int) -> dict:
-    """Both passes into the cache entry; returns its metadata."""
+    """Both passes into the cache entry; returns its metadata (with what --min-char-count replaced)."""
     stats = idcache.stat_key(sources)
     bad = BadBytes(errors)
     counts, n, fp = count_chars(sources, chunk_size, bad, exact=min_count > 1)
@@ -236,21 +196,20 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
     if written != n or idcache.stat_key(sources) != stats:
         writer.path.unlink(missing_ok=True)
         raise CharrnnError(f"{name} changed while it was being read; run again once it is finished")
-    if n_rare:
-        replaced = int(counts[(counts > 0) & (counts < min_count)].sum())
-        info(f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} ({plural(replaced, 'occurrence')})"
-             f" map to {REPLACEMENT} (U+FFFD)")
+    replaced = int(counts[(counts > 0) & (counts < min_count)].sum()) if n_rare else 0
     meta = {"inputs": stats, "min_char_count": min_count, "encoding_errors": errors, "bad_bytes": bad.report(),
             "fingerprint": fp, "n": n, "dtype": np.dtype(vocab.id_dtype).name, "vocab": vocab.chars}
     entry.store(meta, writer.path)
+    if n_rare:
+        meta["rare"] = (f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} "
+                        f"({plural(replaced, 'occurrence')}) map to {REPLACEMENT} (U+FFFD)")
     return meta
 
 
 def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "strict",
          chunk_size: int = CHUNK) -> Corpus:
     """Encode the inputs (or reuse their cached ids) and map the ids into memory. errors: --encoding-errors."""
-    if inputs.skipped:
-        info(f"skipped {count_skipped(inputs.skipped)}")
+    notes = [f"skipped {count_skipped(inputs.skipped)}"] if inputs.skipped else []
     idcache.remove_stale_parts(cache_dir)
     entry = idcache.Entry(cache_dir, inputs.sources, min_count, errors)
     try:
@@ -269,9 +228,9 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "str
         raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
     finally:
         inputs.close()
-    if meta.get("bad_bytes"):
-        warn(meta["bad_bytes"])
-    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], note)
+    notes += [meta["rare"]] if "rare" in meta else []
+    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], note, notes,
+                  [*inputs.warnings, *([meta["bad_bytes"]] if meta.get("bad_bytes") else [])])
 
 
 def plural(n: int, noun: str) -> str:

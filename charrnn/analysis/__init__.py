@@ -1,0 +1,1 @@
+"""Looking into a model: scores, single units and their signals, checkpoint descriptions, loss curves."""

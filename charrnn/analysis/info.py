@@ -1,0 +1,32 @@
+"""Describing a checkpoint (`charrnn info`): model, vocabulary, corpus, training progress, best validation loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charrnn import device as devices
+from charrnn.console import nats_bits
+from charrnn.model.files import find_checkpoint, load_model
+from charrnn.model.rnn import num_params
+
+
+def describe(checkpoint: Path | None) -> str:
+    path = find_checkpoint(checkpoint)
+    model, vocab, meta = load_model(path, devices.pick("cpu"))
+    m, p = meta["model"], meta["progress"]
+    epoch = meta.get("epoch", p["epoch"])  # fractional: completed passes plus the part of the current one
+    preview = "".join(vocab.chars[:60]).encode("unicode_escape").decode("ascii")
+    best = "not evaluated yet"
+    if p.get("best_val") is not None:
+        best = f"{nats_bits(p['best_val'])} at step {p['best_step']}"
+    lines = [
+        f"checkpoint   {path}",
+        f"model        {m['cell']}, {m['num_layers']} layer{'s' * (m['num_layers'] != 1)} x {m['hidden_size']} units, "
+        f"embed {m['embed_size']}, dropout {m['dropout']}",
+        f"parameters   {num_params(model):,}",
+        f"vocabulary   {len(vocab)} characters: {preview}{' ...' if len(vocab) > 60 else ''}",
+        f"corpus       {meta['corpus']['name']} ({meta['corpus']['fingerprint'][:19]}...)",
+        f"progress     step {p['step']}, epoch {epoch:.2f}, {p['elapsed_s']:.0f} s of training",
+        f"best val     {best}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,149 @@
+"""The command line (Typer): options and help, and one keyword-only call per command into the groups that do the
+work. This module holds the app, its error handling and the options several commands share; the commands are
+in making.py (train, sample, corpus) and looking.py (score, info, cells, plot).
+
+Exit codes: 0 ok; 1 runtime or data failure; 2 usage error; 130/143 interrupted after saving.
+torch is imported inside the commands that need it, so --help and --version stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charrnn import __version__
+from charrnn import config as settings
+from charrnn.console import error
+from charrnn.errors import CharrnnError, UsageError
+from charrnn.streams import fill_closed_streams, write_stream
+
+
+class OneLineErrors(typer.Typer):
+    """The console entry point: flag and argument errors from the parser become one `error:` line, exit 2."""
+
+    def __call__(self, *args, **kwargs):
+        fill_closed_streams()
+        try:
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except parse_errors() as e:
+            where = e.ctx.command_path if getattr(e, "ctx", None) else "charrnn"
+            if e.format_message():  # empty when the help was shown for a bare command
+                error(f"{e.format_message().rstrip('.')}; see {where} --help")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            sys.exit(130)
+        except CharrnnError as e:  # from an eager option (--version), outside any command
+            error(str(e))
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def parse_errors() -> tuple[type[Exception], ...]:
+    """The parser's error types: Typer's own, and click's where Typer still runs on click."""
+    try:
+        from click import ClickException
+    except ImportError:
+        return (typer.exceptions.TyperException,)
+    return (typer.exceptions.TyperException, ClickException)
+
+
+HELP = {"help_option_names": ["-h", "--help"]}
+app = OneLineErrors(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                    rich_markup_mode=None, context_settings=HELP,
+                    help="Train character-level RNN/GRU/LSTM language models and sample text from them.")
+corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
+                         help="List and fetch ready-made corpora.")
+app.add_typer(corpus_app, name="corpus")
+
+
+def reports_errors(command):
+    """Turn charrnn's errors into one line on stderr and their exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except CharrnnError as e:
+            if str(e):
+                error(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:  # Ctrl-C: quietly, exit 130 (train handles its own signals)
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: stdout closed
+                sys.stdout.flush()
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        write_stream([f"charrnn {__version__}\n"])
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                              help="Print the version and exit.")] = False) -> None:
+    """charrnn: character-level language models for the shell."""
+
+
+def opt(kind: type, help: str):
+    """An optional flag whose absence means "not given" (so --config and --resume can tell)."""
+    return Annotated[kind | None, typer.Option(help=help)]
+
+
+Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
+Threads = opt(int, "CPU threads for torch. Default: the cores available to the process.")
+Precision = Annotated[str, typer.Option(help="auto (bf16 where the device has native bf16, else fp32), fp32 or "
+                                             "bf16.")]
+Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
+                                                   "last) or folder of runs (its newest). Default: the newest run "
+                                                   "under ./checkpoints.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory (best, "
+                                                   "else last). Default: the newest run under ./checkpoints.")]
+
+
+ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def flag_text(name: str, value: str | None, escapes: bool = False) -> str | None:
+    """A text flag as UTF-8 whatever the locale (argv arrives surrogate-escaped); optionally with
+    the backslash escapes \\n \\t \\r \\\\ turned into the characters they name."""
+    if value is None:
+        return None
+    raw = os.fsencode(value)
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        also = " (or read it from a UTF-8 file with --prime-file)" if name == "--prime" else ""
+        raise UsageError(f"{name} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); give UTF-8 "
+                         f"text{also}") from None
+    return re.sub(r"\\([ntr\\])", lambda m: ESCAPES[m.group(1)], value) if escapes else value
+
+
+def one_checkpoint(positional: Path | None, option: Path | None) -> Path | None:
+    if positional is not None and option is not None:
+        raise UsageError("name the checkpoint once: as an argument or with -c/--checkpoint, not both")
+    return positional if positional is not None else option
+
+
+def threads_and_checks(threads: int | None, **values) -> None:
+    """Flags checked by config.RULES before any work, then torch's threads set."""
+    settings.check(values, settings.flag)
+    from charrnn.device import set_threads
+
+    set_threads(threads)
+
+
+# The commands register on app as their modules load, in the order --help lists them.
+from charrnn.cli import making  # noqa: E402, F401
+
+# isort: split
+from charrnn.cli import looking  # noqa: E402, F401

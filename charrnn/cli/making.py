@@ -1,0 +1,170 @@
+"""The commands that make things: `train` (a model), `sample` (text), `corpus list` and `corpus get` (corpora)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charrnn import config as settings
+from charrnn.cli import (
+    Checkpoint,
+    CheckpointOpt,
+    Device,
+    Precision,
+    Threads,
+    app,
+    corpus_app,
+    flag_text,
+    one_checkpoint,
+    opt,
+    reports_errors,
+    threads_and_checks,
+)
+from charrnn.console import info
+from charrnn.errors import UsageError
+from charrnn.streams import stdout_open, write_stream
+
+M, T, S = settings.ModelConfig(), settings.TrainConfig(), settings.SampleConfig()  # defaults for --help
+CELLS = ", ".join(settings.CELLS)
+
+
+@app.command()
+@reports_errors
+def train(
+    inputs: Annotated[list[str], typer.Argument(
+        metavar="INPUTS", help="UTF-8 text files, directories (searched recursively; hidden, binary and UTF-16 files "
+        "skipped) or - for stdin, joined in the order given.", show_default=False)],
+    glob: opt(str, "Only files matching this pattern in directories, e.g. '*.c'.") = None,
+    min_char_count: opt(int, "Characters seen fewer times map to U+FFFD. Default: 0 (off).") = None,
+    encoding_errors: opt(str, "Invalid UTF-8 in the corpus: strict (refuse it), replace (each bad byte becomes "
+                         "U+FFFD) or skip (drop it). Default: strict.") = None,
+    cell: opt(str, f"{CELLS}. Default: {M.cell}.") = None,
+    hidden_size: opt(int, f"Units per layer. Default: {M.hidden_size}.") = None,
+    num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
+    embed_size: opt(int, f"Embedding width. Default: {M.embed_size}.") = None,
+    dropout: opt(float, f"Dropout. Default: {M.dropout}.") = None,
+    batch_size: opt(int, f"Parallel streams B. Default: {T.batch_size}.") = None,
+    seq_len: opt(int, f"Characters per BPTT window T. Default: {T.seq_len}.") = None,
+    lr: opt(float, f"Peak AdamW learning rate. Default: {T.lr}.") = None,
+    weight_decay: opt(float, f"AdamW weight decay. Default: {T.weight_decay}.") = None,
+    warmup_steps: opt(int, f"Linear warmup steps. Default: {T.warmup_steps}.") = None,
+    grad_clip: opt(float, f"Global grad-norm clip, 0 = off. Default: {T.grad_clip}.") = None,
+    max_steps: opt(int, f"Step budget. Default: {settings.DEFAULT_STEPS} if no budget is given.") = None,
+    epochs: opt(float, "Budget in passes over the training text.") = None,
+    minutes: opt(float, "Wall-clock budget in minutes.") = None,
+    log_every: opt(int, f"Steps between progress/metrics lines. Default: {T.log_every}.") = None,
+    eval_every: opt(int, f"Steps between validations and checkpoints. Default: {T.eval_every}.") = None,
+    val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
+    val_chars: opt(int, f"At most this many held-out characters; the rest trains. 0 = no cap. Default: "
+                   f"{T.val_chars:,}.") = None,
+    seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
+    device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
+    precision: opt(str, "auto (bf16 autocast where the device has native bf16, else fp32), fp32 or bf16; "
+                   "weights and optimizer state stay fp32. Default: auto.") = None,
+    threads: Threads = None,
+    run: opt(str, "Run name. Default: the file's stem, stdin for -, or the directory's name.") = None,
+    out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
+    config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
+    decay_steps: opt(int, "Cosine decay horizon in steps. Default: the step budget.") = None,
+    save_every: opt(int, "Also save last.safetensors every N steps.") = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/RUN exactly where it stopped.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run; with --resume, accept a "
+                                        "changed corpus.")] = False,
+) -> None:
+    """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
+    flags = dict(min_char_count=min_char_count, encoding_errors=encoding_errors, cell=cell, hidden_size=hidden_size,
+                 num_layers=num_layers, embed_size=embed_size, dropout=dropout, batch_size=batch_size,
+                 seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
+                 max_steps=max_steps, epochs=epochs, minutes=minutes, log_every=log_every, eval_every=eval_every,
+                 val_frac=val_frac, val_chars=val_chars, seed=seed, device=device, precision=precision,
+                 decay_steps=decay_steps, save_every=save_every)
+    from charrnn.launch import launched
+
+    if launched():  # one process of a torchrun launch
+        from charrnn.training.distributed import train as run_training
+    else:
+        from charrnn.training.session import train as run_training
+    run_training(inputs=inputs, glob=glob, out=out, run=run, config_file=config, force=force, resume=resume,
+                 flags={k: v for k, v in flags.items() if v is not None}, threads=threads)
+
+
+@app.command()
+@reports_errors
+def sample(
+    checkpoint: Checkpoint = None,
+    checkpoint_opt: CheckpointOpt = None,
+    temp: Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Softmax temperature; 0 = always the "
+                                        "likeliest.")] = S.temperature,
+    top_k: Annotated[int, typer.Option(help="Draw only from the K likeliest characters; 0 = off.")] = S.top_k,
+    top_p: Annotated[float, typer.Option(help="Nucleus: draw only from the likeliest characters whose "
+                                         "probabilities sum to P, in (0, 1]; 1 = off.")] = S.top_p,
+    length: Annotated[int, typer.Option("--length", "-n", help="Characters to generate after the prime, per "
+                                        "sample; 0 = endless (until stdout closes or Ctrl-C).")] = S.length,
+    prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from, printed first; - reads it "
+                                       "from stdin.")] = "",
+    prime_file: Annotated[Path | None, typer.Option(help="Read the prime from this UTF-8 file.")] = None,
+    num_samples: Annotated[int, typer.Option(help="Samples drawn together as one batch, written one after "
+                                             "another.")] = S.num_samples,
+    separator: Annotated[str, typer.Option(help="Written between samples (\\n \\t \\r \\\\ understood).")]
+    = S.separator.encode("unicode_escape").decode(),
+    stop: Annotated[str | None, typer.Option(help="A sample ends once it generates this string, which is written "
+                                             "(\\n \\t \\r \\\\ understood); else at --length.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
+    = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    threads: Threads = None,
+) -> None:
+    """Write generated text to stdout (UTF-8), streamed as it is made.
+
+    Prime characters outside the model's vocabulary are skipped, with a
+    warning on stderr. With --num-samples, the first sample streams live;
+    the others are buffered and follow in order. Only generated text counts
+    for --stop: a stop string inside the prime does not end a sample.
+
+    Exit status: 0 when done, also when stdout closes early (quietly,
+    nothing on stderr: charrnn sample -n 0 | head -c 100); 1: bad
+    checkpoint or prime file, or stdout unwritable; 2: bad options or a
+    closed stdin/stdout; 130: Ctrl-C.
+    """
+    if prime_file is not None and prime:
+        raise UsageError("give either --prime or --prime-file, not both")
+    cfg = settings.SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
+                                separator=flag_text("--separator", separator, escapes=True),
+                                stop=flag_text("--stop", stop, escapes=True),
+                                seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+    cfg.validate()
+    target, prime = one_checkpoint(checkpoint, checkpoint_opt), flag_text("--prime", prime)
+    threads_and_checks(threads, precision=precision)
+    stdout_open()
+    from charrnn.generation.sample import sample_text
+
+    write_stream(sample_text(checkpoint=target, cfg=cfg, device_name=device, precision=precision, prime=prime,
+                             prime_file=prime_file))
+
+
+@corpus_app.command("list")
+@reports_errors
+def corpus_list() -> None:
+    """Show the corpora `charrnn corpus get` knows."""
+    from charrnn.data.corpora import CATALOGUE
+
+    write_stream([f"{name}\t{about}\n" for name, (about, _) in CATALOGUE.items()])
+
+
+@corpus_app.command("get")
+@reports_errors
+def corpus_get(
+    name: Annotated[str, typer.Argument(help="Corpus name (see charrnn corpus list).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it.")] = None,
+    url: Annotated[str | None, typer.Option(help="Download from here instead (a mirror); checksum still checked.")]
+    = None,
+) -> None:
+    """Write a corpus to corpora/NAME.txt (or -o PATH)."""
+    from charrnn.data.corpora import get
+
+    path, chars = get(name=name, out=output, url=url)
+    info(f"wrote {path} ({chars:,} characters)")

@@ -1,0 +1,254 @@
+"""One `train` command, from settings to summary: the corpus, the trainer, signals, resume, the report.
+
+Everything is validated before anything is written; a forced-over run is removed only once the new one is ready
+to start; a failure removes the directories the command created. torchrun's mode (distributed.py) is built on
+these pieces; nothing here knows of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import signal
+from pathlib import Path
+
+import torch
+
+from charrnn import config, launch
+from charrnn import device as devices
+from charrnn.config import MAX_PARAMS, ModelConfig, TrainConfig
+from charrnn.console import TrainReport, info, nats_bits, warn
+from charrnn.data import corpus, sources
+from charrnn.data.batches import Streams, evaluation_streams, min_chars
+from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
+from charrnn.generation.sample import generate
+from charrnn.model import files
+from charrnn.model.files import LAST
+from charrnn.model.rnn import CharRNN, num_params
+from charrnn.training import rundir
+from charrnn.training.trainer import NonFiniteError, Trainer
+
+
+def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
+          flags: dict, force: bool, resume: bool, threads: int | None) -> None:
+    """Train a new run in OUT/RUN, or (resume) continue the one there exactly where it stopped."""
+    given, name = prepare(inputs, run, config_file, flags, threads)
+    directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
+    device = devices.pick(cfg.device)
+    choose_precision(cfg, meta, device, directory)
+    created = rundir.claim(directory, force, resume)
+    try:
+        with abort_on_signals():
+            text = load_corpus(inputs, glob, out / rundir.CACHE_DIR, cfg, meta, force)
+            trainer = Trainer(build_model(text, model_cfg, cfg, device), cfg, *splits(text, cfg), device)
+            if meta:
+                restore(trainer, tensors, meta, text, directory)
+        if not resume:
+            rundir.clear(directory)
+        train_loop(trainer, text, directory, inputs)
+    except BaseException:
+        rundir.release(directory, created)
+        raise
+
+
+def prepare(inputs: list[str], run: str | None, config_file: Path | None, flags: dict,
+            threads: int | None) -> tuple[dict, str]:
+    """(the settings given: --config's under the flags', the run's name); torch's threads set."""
+    devices.set_threads(threads)
+    config.check(flags, config.flag)
+    given = {**(config.from_toml(config_file) if config_file else {}), **flags}
+    name = run if run is not None else sources.run_name(inputs)
+    if run is None and len(inputs) > 1:
+        info(f"run name {name!r}, from the first of {len(inputs)} inputs (--run NAME to choose another)")
+    return given, name
+
+
+def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool) -> tuple:
+    """What train checks before it writes anything: (directory, tensors and metadata of the run resumed (else {}
+    and None), ModelConfig, TrainConfig)."""
+    rundir.check_name(name)
+    refuse_checkpoints(inputs)
+    directory = out / name
+    tensors, meta = rundir.read_last(directory) if resume else ({}, None)
+    model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
+    return directory, tensors, meta, model_cfg, cfg
+
+
+def choose_precision(cfg: TrainConfig, meta: dict | None, device: torch.device, directory: Path) -> None:
+    """Resolve --precision on the device; the run stores what auto chose and resume keeps it."""
+    cfg.precision = devices.precision(cfg.precision, device)
+    if meta and cfg.precision != meta["train"].get("precision", cfg.precision):
+        raise UsageError(f"{directory} trains in {meta['train']['precision']} and resume keeps it; leave out "
+                         "--precision")
+
+
+def refuse_checkpoints(inputs: list[str]) -> None:
+    """A checkpoint given as an input (torch-rnn's -init_from habit, or --resume PATH) is a usage error."""
+    for arg in inputs:
+        if arg.endswith(".safetensors") and Path(arg).is_file():
+            run_dir = Path(arg).parent
+            again = shlex.join(["--out", str(run_dir.parent), "--run", run_dir.name])
+            raise UsageError(f"{arg} is a checkpoint, not text (--resume takes no argument); to continue its run, "
+                             f"give the corpus and the run: charrnn train CORPUS {again} --resume")
+
+
+def check_size(n: int, cfg: TrainConfig) -> None:
+    """A corpus too small for one training window and one validation window is an error, with the minimum."""
+    if 0 < cfg.val_chars < min_chars(1, cfg.seq_len):
+        raise UsageError(f"--val-chars {cfg.val_chars} is shorter than one validation window of --seq-len "
+                         f"{cfg.seq_len}; give at least {min_chars(1, cfg.seq_len)}, or 0 for no cap")
+
+    def enough(m: int) -> bool:  # the same split as Corpus.split; monotone in m
+        val = corpus.held_out(m, cfg.val_frac, cfg.val_chars)
+        return m - val >= min_chars(cfg.batch_size, cfg.seq_len) and val >= min_chars(1, cfg.seq_len)
+
+    if enough(n):
+        return
+    low, high = n, 2 * n + 2
+    while not enough(high):
+        high *= 2
+    while high - low > 1:  # the smallest m with enough(m) lies in (low, high]
+        low, high = (low, (low + high) // 2) if enough((low + high) // 2) else ((low + high) // 2, high)
+    raise CharrnnError(f"the corpus has {n:,} characters; --batch-size {cfg.batch_size} --seq-len {cfg.seq_len} "
+                       f"--val-frac {cfg.val_frac} need at least {high:,}; give more text or lower those")
+
+
+def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
+                force: bool) -> corpus.Corpus:
+    """The prepared corpus, checked against the run being resumed (meta) and against the window sizes; what
+    preparation found is reported here."""
+    text = corpus.load(sources.collect(inputs, glob, cache), cache, cfg.min_char_count, cfg.encoding_errors)
+    for line in text.warnings:
+        warn(line)
+    for line in text.notes:
+        info(line)
+    if meta and meta["corpus"]["fingerprint"] != text.fingerprint and not force:
+        raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
+                           "different content); pass the same corpus, or --force to continue on this one")
+    if meta and text.vocab.chars != meta["vocab"]:
+        raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
+    check_size(len(text.ids), cfg)
+    info(text.note)
+    return text
+
+
+def build_model(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> CharRNN:
+    """A fresh model seeded with cfg.seed, its size checked before anything is allocated."""
+    devices.seed_all(cfg.seed)
+    model_cfg.vocab_size = len(text.vocab)
+    with torch.device("meta"):  # its size first, without allocating anything
+        size = num_params(CharRNN(model_cfg, init=False))
+    if size > MAX_PARAMS:
+        raise UsageError(f"a {size:,}-parameter model is too large (at most {MAX_PARAMS:,}); lower --hidden-size, "
+                         "--num-layers or --embed-size")
+    try:
+        return CharRNN(model_cfg).to(device)
+    except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
+        raise CharrnnError(f"a {size:,}-parameter model does not fit in memory on {device}; lower --hidden-size, "
+                           "--num-layers or --embed-size") from None
+
+
+def splits(text: corpus.Corpus, cfg: TrainConfig) -> tuple[Streams, Streams]:
+    """(training streams, validation streams) over the corpus's two parts."""
+    train_ids, val_ids = text.split(cfg.val_frac, cfg.val_chars)
+    return Streams(train_ids, cfg.batch_size, cfg.seq_len), evaluation_streams(val_ids, cfg.batch_size, cfg.seq_len)
+
+
+def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, directory: Path) -> None:
+    """Put the trainer where last.safetensors left the run; a run that already reached its budget is a usage
+    error."""
+    path = directory / LAST
+    try:
+        trainer.load_state_dict(files.unpack(tensors, meta))
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} cannot be resumed from: {e}"[:300] + "; it was not written by this "
+                              "charrnn") from None
+    if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
+        trainer.progress.window = 0
+    if trainer.progress.window >= len(trainer.train_streams):
+        raise CheckpointError(f"{path}: its stream cursor ({trainer.progress.window}) is past the corpus's "
+                              f"{len(trainer.train_streams)} windows; it was not written by this charrnn")
+    if trainer.finished():
+        raise UsageError(f"{directory} already reached its budget at step {trainer.progress.step}; give a larger "
+                         "--max-steps, --epochs or --minutes to train it further")
+    info(f"resuming {directory} at step {trainer.progress.step}")
+
+
+def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str]) -> None:
+    """Run the trainer with its listeners; signals save and stop at the next step boundary."""
+    model_cfg, cfg = trainer.model.cfg, trainer.cfg
+    held = corpus.held_out(len(text.ids), cfg.val_frac, cfg.val_chars)
+    info(f"{text.name}: {len(text.ids):,} characters ({held:,} held out), {len(text.vocab)} distinct; {model_cfg.cell} "
+         f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
+         f"{trainer.device}, {cfg.precision}, {torch.get_num_threads()} threads")
+    if len(text.vocab) == 1:
+        warn(f"the corpus has a single distinct character ({text.vocab.chars[0]!r}): the model has nothing to learn")
+    if cfg.warmup_steps > trainer.total_steps:
+        warn(f"--warmup-steps {cfg.warmup_steps} is longer than the {trainer.total_steps:,.0f}-step budget: the "
+             f"learning rate never reaches --lr {cfg.lr}")
+    recorder = rundir.Recorder(directory, trainer, text)
+    trainer.subscribe(recorder)
+    trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
+                                  lambda: preview(trainer, text.vocab)))
+    with stop_on_signals(trainer) as received:
+        try:
+            p = trainer.run()
+        except NonFiniteError as e:
+            raise CharrnnError(f"{e}; {recorder.last_good()}") from None
+        except KeyboardInterrupt:
+            raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
+    if received or trainer.stop_signal:  # the signal this process received, or (distributed) another's
+        sig = received[0] if received else trainer.stop_signal
+        info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
+             f"Resume with: {resume_command(inputs, directory)}")
+        raise Interrupted(128 + sig)
+    info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
+         f"{p.elapsed_s:.0f} s; files in {directory}/; plot the losses: charrnn plot {shlex.quote(str(directory))}")
+
+
+def resume_command(inputs: list[str], directory: Path) -> str:
+    """The command line that resumes the run, launched as this process was (charrnn, or torchrun)."""
+    return shlex.join([*launch.launcher(), "train", *inputs, "--out", str(directory.parent), "--run",
+                       directory.name, "--resume"])
+
+
+def preview(trainer: Trainer, vocab) -> str:
+    """200 characters at temperature 0.8 from the model as it is (its own generator: training RNG untouched)."""
+    text = "".join(generate(trainer.model, vocab, "", 200, 0.8, trainer.cfg.seed, trainer.device))
+    trainer.model.train()
+    return text
+
+
+@contextlib.contextmanager
+def abort_on_signals():
+    """Before training starts, SIGINT/SIGTERM end the command at once (temporary files are removed on the way
+    out); nothing has been saved yet."""
+    def handler(sig, frame):
+        raise Interrupted(128 + sig, f"stopped by {signal.Signals(sig).name} before training began; nothing saved")
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer):
+    """SIGINT/SIGTERM ask the trainer to stop at the next step boundary (it then saves);
+    a second SIGINT aborts at once. Yields the list of signals received."""
+    received: list[int] = []
+
+    def handler(sig, frame):
+        if received and sig == signal.SIGINT:
+            raise KeyboardInterrupt
+        received.append(sig)
+        trainer.request_stop(sig)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
