@@ -84,9 +84,9 @@ def naive_chars_per_s(ckpt: Path, n: int) -> float:
     """The model's own modules once per character (generate_batch(fast=False)), in-process."""
     from charrnn.config import SampleConfig
     from charrnn.generation.sample import generate_batch
-    from charrnn.model import files as run
+    from charrnn.model import files
 
-    model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
+    model, vocab, _ = files.load_model(ckpt, torch.device("cpu"))
     cfg = SampleConfig(length=n // 4 if n >= 4 else 1, num_samples=1)
 
     def go():
@@ -99,9 +99,9 @@ def naive_chars_per_s(ckpt: Path, n: int) -> float:
 def naive_batch_chars_per_s(ckpt: Path, streams: int, n: int) -> float:
     from charrnn.config import SampleConfig
     from charrnn.generation.sample import generate_batch
-    from charrnn.model import files as run
+    from charrnn.model import files
 
-    model, vocab, _ = run.load_model(ckpt, torch.device("cpu"))
+    model, vocab, _ = files.load_model(ckpt, torch.device("cpu"))
     cfg = SampleConfig(length=n, num_samples=streams)
 
     def go():
@@ -216,10 +216,10 @@ def main() -> None:
                          cli_train_chars_per_s(corpus, work, cell, hidden, layers, steps))
         plain_rate = max(plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps),
                          plain_train_chars_per_s(ids, len(chars), cell, hidden, layers, steps))
-        from charrnn.model import files as run
+        from charrnn.model import files
 
         ckpt = work / f"{cell}{hidden}x{layers}" / "last.safetensors"
-        model, _, _ = run.load_model(ckpt, torch.device("cpu"))
+        model, _, _ = files.load_model(ckpt, torch.device("cpu"))
         params = sum(p.numel() for p in model.parameters())
         mfu = 6 * params * train_rate / (peak * 1e9)
         log(f"| {label} | train chars/s (fp32, B 32, T 128) | {train_rate:,.0f} | {plain_rate:,.0f} | "

@@ -105,7 +105,7 @@ CASES = [
     ("model-setting-wrong-type", lambda t, m: m["model"].update(hidden_size="16"), ["model.hidden_size"]),
 ]
 IDS = [case[0] for case in CASES]
-# Resume loads the weights into the trainer's model with load_state_dict, not through run.load_model:
+# Resume loads the weights into the trainer's model with load_state_dict, not through files.load_model:
 
 
 @pytest.mark.parametrize("command", ["sample", "score", "info"])
