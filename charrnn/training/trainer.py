@@ -182,8 +182,9 @@ class Trainer:
                                                 for s, t in zip(state, self.state, strict=False)):
             raise ValueError("the carried state (state.*) does not fit the model and --batch-size")
         version, internal, gauss = sd["rng_python"]
-        progress = Progress(**{**sd["progress"], "best_val": sd["progress"]["best_val"] if sd["progress"]["best_val"]
-                               is not None else math.inf})
+        fields = dict(sd["progress"])
+        fields["best_val"] = math.inf if fields["best_val"] is None else fields["best_val"]  # None: read from a file
+        progress = Progress(**fields)
         self.model.load_state_dict(weights)
         if sd["optim"]["state"]:  # empty when saved before the first update (every step so far skipped)
             self.optimizer.load_state_dict(sd["optim"])
