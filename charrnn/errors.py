@@ -18,7 +18,8 @@ class CheckpointError(CharrnnError):
 
 
 class Interrupted(CharrnnError):
-    """Stopped by a signal after saving (exit 128 + signal number: 130 for SIGINT, 143 for SIGTERM)."""
+    """Stopped by a signal after saving (exit 128 + signal number: 130 for SIGINT, 143 for SIGTERM,
+    129 for SIGHUP)."""
 
     def __init__(self, exit_code: int, message: str = ""):
         super().__init__(message)

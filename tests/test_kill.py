@@ -144,7 +144,7 @@ def procs():
             proc.wait()
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_a_signal_saves_at_the_next_step_boundary_and_prints_the_resume_command(corpus, procs, sig, code):
     proc, err = start(corpus, "sig")  # no --save-every, no evaluation due: nothing is saved before the signal
     procs.append(proc)

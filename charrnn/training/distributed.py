@@ -152,10 +152,10 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     session.choose_precision(cfg, meta, device, directory)
     place.check_batch(cfg.batch_size, resume, directory)
     group = Group(place, device)
-    created, trainer = [], None
+    held, trainer = None, None
     try:
         with group.agreed():
-            created = rundir.claim(directory, force, resume) if place.rank == 0 else []
+            held = rundir.claim(directory, force, resume) if place.rank == 0 else None
         with session.abort_on_signals():
             text = None
             for turn in (place.rank == 0, place.rank != 0):  # rank 0 builds the id cache; then the others read it
@@ -174,12 +174,14 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
              f"{cfg.batch_size} streams each")
         steps(trainer, text, directory, inputs)
     except BaseException:
-        if place.rank == 0:
-            rundir.release(directory, created)
+        if held is not None:
+            rundir.release(held)
         if trainer is not None and trainer.done:  # stopped by a signal, at the same step as every other process
             close(trainer)
         raise
     close(trainer)
+    if held is not None:
+        rundir.unlock(held)
 
 
 def close(trainer: DistTrainer) -> None:
@@ -198,7 +200,7 @@ def steps(trainer: DistTrainer, text: corpus.Corpus, directory: Path, inputs: li
     def hold(sig, frame):  # outside stop_on_signals, for the rest of the process: once one process has failed,
         trainer.request_stop(sig)  # torchrun signals the others, which must still say why
 
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in session.STOPS:
         signal.signal(s, hold)
     try:
         if place.rank == 0:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
+import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from charrnn.atomic import replacing
+from charrnn.atomic import HOST, replacing, umask
 from charrnn.data.corpus import Corpus
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import files
@@ -20,6 +23,7 @@ from charrnn.model.files import BEST, LAST
 from charrnn.training.trainer import Event, Trainer
 
 METRICS = "metrics.jsonl"
+LOCK = ".lock"  # held (flock) by the process writing a run directory; holds its PID@HOST
 CACHE_DIR = ".cache"  # under --out: id caches shared by every run there, deleted with the checkpoints
 
 
@@ -30,32 +34,83 @@ def check_name(name: str) -> None:
                          "without '/' and not starting with '.' (e.g. --run shakespeare-2)")
 
 
-def claim(directory: Path, force: bool, resume: bool) -> list[Path]:
-    """Before any work: refuse to overwrite a run unless forced; create the directory; check it is writable.
-    Returns the directories this created (for release), deepest first."""
-    if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
-        raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
-                           "continue it with --resume, or pass --force to overwrite it")
+@dataclass
+class Claim:
+    """A run directory held by this process: the directories claim created (deepest first) and the lock."""
+
+    directory: Path
+    created: list[Path]
+    lock: int | None = None  # the locked file's descriptor; the OS frees the lock when the process ends
+
+
+def claim(directory: Path, force: bool, resume: bool) -> Claim:
+    """Before any work: create the directory, check it is writable, lock it against every other writer (another
+    train, --resume or --force on it), refuse to overwrite a run unless forced."""
     created = [d for d in (directory, *directory.parents) if not d.exists()]
+    held = Claim(directory, created)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
+        held.lock = lock(directory)
     except OSError as e:
-        release(directory, created)
+        release(held)
         raise CharrnnError(f"cannot write to {directory}: {e.strerror}; choose another --out") from None
+    except BaseException:
+        release(held)
+        raise
+    if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
+        release(held)
+        raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
+                           "continue it with --resume, or pass --force to overwrite it")
     files.clean_temp(directory)
-    return created
+    return held
 
 
-def release(directory: Path, created: list[Path]) -> None:
+def lock(directory: Path) -> int:
+    """Hold OUT/RUN/.lock with flock, writing PID@HOST into it; a lock whose process has ended (even by kill -9)
+    is free again. Another process's lock is an error naming it."""
+    path = directory / LOCK
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~umask())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "unknown"
+            os.close(fd)
+            pid = holder.split("@")[0]
+            raise CharrnnError(f"{directory} is in use by another charrnn run (process {holder}); wait for it to "
+                               f"finish, or stop it (kill {pid}) and then --resume") from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino  # not a file its last holder unlinked meanwhile
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}@{HOST}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def unlock(held: Claim) -> None:
+    """Free the run directory: the lock file goes, then the lock."""
+    if held.lock is not None:
+        with contextlib.suppress(OSError):
+            (held.directory / LOCK).unlink()
+        os.close(held.lock)
+        held.lock = None
+
+
+def release(held: Claim) -> None:
     """After a failed train: the directories it created go again, with the metrics of a run that never
-    saved a checkpoint (and the corpus cache, when OUT itself is new); anything else stays."""
+    saved a checkpoint (and the corpus cache, when OUT itself is new); anything else stays. The lock is freed."""
+    directory, created = held.directory, held.created
     if directory in created and not (directory / LAST).exists():
         with contextlib.suppress(OSError):
             (directory / METRICS).unlink()
     if directory.parent in created:  # OUT is this command's own, and so is the corpus cache in it
         shutil.rmtree(directory.parent / CACHE_DIR, ignore_errors=True)
+    unlock(held)
     for d in created:
         with contextlib.suppress(OSError):
             d.rmdir()  # only if empty

@@ -28,6 +28,8 @@ from charrnn.model.rnn import CharRNN, num_params
 from charrnn.training import rundir
 from charrnn.training.trainer import NonFiniteError, Trainer
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
+
 
 def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
           flags: dict, force: bool, resume: bool, threads: int | None) -> None:
@@ -36,7 +38,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
     device = devices.pick(cfg.device)
     choose_precision(cfg, meta, device, directory)
-    created = rundir.claim(directory, force, resume)
+    held = rundir.claim(directory, force, resume)
     try:
         with abort_on_signals():
             text = load_corpus(inputs, glob, out / rundir.CACHE_DIR, cfg, meta, force)
@@ -47,8 +49,9 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
             rundir.clear(directory)
         train_loop(trainer, text, directory, inputs)
     except BaseException:
-        rundir.release(directory, created)
+        rundir.release(held)
         raise
+    rundir.unlock(held)
 
 
 def prepare(inputs: list[str], run: str | None, config_file: Path | None, flags: dict,
@@ -221,12 +224,12 @@ def preview(trainer: Trainer, vocab) -> str:
 
 @contextlib.contextmanager
 def abort_on_signals():
-    """Before training starts, SIGINT/SIGTERM end the command at once (temporary files are removed on the way
+    """Before training starts, SIGINT/SIGTERM/SIGHUP end the command at once (temporary files are removed on the way
     out); nothing has been saved yet."""
     def handler(sig, frame):
         raise Interrupted(128 + sig, f"stopped by {signal.Signals(sig).name} before training began; nothing saved")
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOPS}
     try:
         yield
     finally:
@@ -236,7 +239,7 @@ def abort_on_signals():
 
 @contextlib.contextmanager
 def stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM ask the trainer to stop at the next step boundary (it then saves);
+    """SIGINT/SIGTERM/SIGHUP ask the trainer to stop at the next step boundary (it then saves);
     a second SIGINT aborts at once. Yields the list of signals received."""
     received: list[int] = []
 
@@ -246,7 +249,7 @@ def stop_on_signals(trainer: Trainer):
         received.append(sig)
         trainer.request_stop(sig)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, handler) for s in STOPS}
     try:
         yield received
     finally:
