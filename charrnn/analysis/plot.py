@@ -25,7 +25,7 @@ class Curves:
 
 
 def read(run_dir: Path) -> Curves:
-    """The curves of a run directory; a row cut short by a crash is skipped."""
+    """The curves of a run directory; a row cut short by a crash is skipped, and so is a non-finite loss."""
     path = run_dir / "metrics.jsonl"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -36,10 +36,10 @@ def read(run_dir: Path) -> Curves:
         try:
             row = json.loads(line)
             point = (int(row["step"]), float(row["elapsed_s"]) / 60)
-            if "train_loss" in row:
-                curves.train.append((*point, float(row["train_loss"]) * BITS))
-            if "val_loss" in row:
-                curves.val.append((*point, float(row["val_loss"]) * BITS))
+            for key, series in (("train_loss", curves.train), ("val_loss", curves.val)):
+                loss = row.get(key)  # null (or NaN, in files of older versions): skipped steps, not drawn
+                if isinstance(loss, int | float) and math.isfinite(loss):
+                    series.append((*point, loss * BITS))
         except (ValueError, KeyError, TypeError):
             continue
     if not curves.train and not curves.val:

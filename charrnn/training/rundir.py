@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -59,6 +60,11 @@ def claim(directory: Path, force: bool, resume: bool) -> Claim:
     except BaseException:
         release(held)
         raise
+    odd = [directory / name for name in (BEST, LAST, METRICS) if (directory / name).exists()
+           and not (directory / name).is_file()]
+    if odd:
+        release(held)
+        raise CharrnnError(f"{odd[0]} is in the way (not a file); move it, or choose another --run NAME")
     if not resume and any((directory / name).exists() for name in (BEST, LAST)) and not force:
         release(held)
         raise CharrnnError(f"{directory} already holds a run; choose another --run NAME, "
@@ -146,13 +152,21 @@ class Recorder:
 
     def __call__(self, event: Event) -> None:
         if event.kind in ("log", "eval"):
-            row = {k: v for k, v in event.metrics.items() if k != "improved"}
-            with open(self.directory / METRICS, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
+            self.append({k: v for k, v in event.metrics.items() if k != "improved"})
         if event.kind == "eval" and event.metrics["improved"]:
             self.save(BEST, full=False)
         if event.kind in ("eval", "save") or (event.kind == "end" and self.saved_step != self.trainer.progress.step):
             self.save(LAST, full=True)
+
+    def append(self, row: dict) -> None:
+        """One metrics row, valid JSON (a non-finite loss of skipped steps is null); a failed write is one line."""
+        path = self.directory / METRICS
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, allow_nan=False) + "\n")
+        except OSError as e:
+            raise CharrnnError(f"cannot write {path}: {e.strerror}; {self.last_good()}") from None
 
     def meta(self) -> dict:
         t = self.trainer

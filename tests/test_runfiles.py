@@ -1,0 +1,74 @@
+"""The files of a run: metrics.jsonl is valid JSON even for non-finite losses, a write that fails is one line
+naming the file and the last good checkpoint, and plot reads rows with NaN or null."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, cli
+from test_kill import Stderr, procs  # noqa: F401
+
+from charrnn.training.trainer import Trainer
+
+
+def one_line_error(result, *fragments: str) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].startswith("error:") and all(f in lines[-1] for f in fragments), lines[-1]
+    return lines[-1]
+
+
+def test_non_finite_losses_are_written_as_null_and_plotted_around(corpus, monkeypatch):
+    step = Trainer.step
+
+    def bad_steps(self):  # steps 3 and 4 see a non-finite loss and are skipped
+        if self.progress.step in (2, 3):
+            forward = self.model.forward
+            self.model.forward = lambda x, s: (lambda out: (out[0] * float("nan"), out[1]))(forward(x, s))
+            try:
+                return step(self)
+            finally:
+                del self.model.forward
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", bad_steps)
+    result = cli("train", corpus, *TINY, "--max-steps", "8", "--log-every", "1", "--eval-every", "4")
+    assert result.exit_code == 0, result.stderr
+    text = Path("checkpoints/tiny/metrics.jsonl").read_text()
+    rows = [json.loads(r, parse_constant=lambda c: pytest.fail(f"{c} is not JSON")) for r in text.splitlines()]
+    assert [r["train_loss"] for r in rows if r["step"] in (3, 4) and "train_loss" in r] == [None, None]
+    assert cli("plot", "checkpoints/tiny", "-o", "loss.png").exit_code == 0 and Path("loss.png").stat().st_size
+    # a file from an older charrnn, with NaN and Infinity in it, plots too
+    Path("checkpoints/tiny/metrics.jsonl").write_text(text.replace("null", "NaN", 1).replace("null", "Infinity"))
+    result = cli("plot", "checkpoints/tiny", "-o", "old.png")
+    assert result.exit_code == 0 and Path("old.png").stat().st_size, result.stderr
+
+
+def test_a_directory_in_place_of_metrics_is_refused_before_training(corpus):
+    Path("checkpoints/r/metrics.jsonl").mkdir(parents=True)
+    one_line_error(cli("train", corpus, *TINY, "--run", "r", "--max-steps", "2"), "checkpoints/r/metrics.jsonl",
+                   "in the way")
+    assert cli("train", corpus, *TINY, "--run", "r", "--max-steps", "2", "--force").exit_code == 1  # still in the way
+
+
+def test_a_metrics_write_that_fails_midway_names_the_file_and_the_last_checkpoint(corpus, procs):  # noqa: F811
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--max-steps", "100000",
+                             "--log-every", "1", "--save-every", "2"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    procs.append(proc)
+    err = Stderr(proc)
+    err.wait_for(r"^step 4 \|")
+    metrics = Path("checkpoints/tiny/metrics.jsonl")
+    metrics.unlink()
+    metrics.mkdir()  # the next row cannot be appended
+    assert proc.wait(timeout=60) == 1
+    last = err.rest().strip().splitlines()[-1]
+    assert last.startswith("error: cannot write checkpoints/tiny/metrics.jsonl: Is a directory; the last good "
+                           "checkpoint is checkpoints/tiny/last.safetensors (step "), last
+    shutil.rmtree(metrics)
