@@ -5,6 +5,7 @@ those a live one is still writing and removed safely, even in a directory that s
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ from charrnn.errors import CharrnnError
 
 HOST = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname()) or "host"
 TAG = re.compile(r"~(\d+)@([A-Za-z0-9.-]+)~")  # ~PID@HOST~ in a temporary file's name
-UNTAGGED_STALE_S = 24 * 3600  # a temporary file without a tag (or from another host) is stale after a day
+OTHER_HOST_STALE_S = 24 * 3600  # a temporary file tagged by another host is stale after a day unchanged
 
 
 def temp_file(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
@@ -28,10 +29,13 @@ def temp_file(directory: Path, prefix: str, suffix: str) -> tuple[int, Path]:
 
 
 def stale(path: Path) -> bool:
-    """Whether a temporary file's writer is gone: its process has exited (same host), or, when that cannot be
-    told, the file has not changed for a day."""
+    """Whether a temporary file charrnn made (its name carries the ~PID@HOST~ tag) has lost its writer: the
+    process has exited (same host), or, from another host, the file has not changed for a day. A name without
+    the tag is not charrnn's and never stale."""
     tag = TAG.search(path.name)
-    if tag and tag[2] == HOST:
+    if not tag:
+        return False
+    if tag[2] == HOST:
         try:
             os.kill(int(tag[1]), 0)
         except ProcessLookupError:
@@ -40,7 +44,7 @@ def stale(path: Path) -> bool:
             return False
         return False
     try:
-        return time.time() - path.stat().st_mtime > UNTAGGED_STALE_S
+        return time.time() - path.stat().st_mtime > OTHER_HOST_STALE_S
     except OSError:
         return False
 
@@ -57,7 +61,9 @@ def remove_stale(directory: Path, pattern: str) -> None:
 def replacing(path: Path, mode: str = "wb", **open_kw):
     """Yield a file to write path's new content to. It is a temporary file in the same directory
     (named .NAME~PID@HOST~*.tmp), flushed and fsynced, then renamed over path, then the directory is fsynced.
-    On any error the temporary file is removed and path is left as it was."""
+    On any error the temporary file is removed and path is left as it was. Temporary files for path that killed
+    writers left behind are removed first."""
+    remove_stale(path.parent, f".{glob.escape(path.name)}~*.tmp")
     fd, tmp = temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, mode, **open_kw) as f:

@@ -150,14 +150,16 @@ def test_stale_temporary_files_are_removed_and_live_ones_kept(in_tmp, good):
             "old_untagged": cache / "abc-1234.part",
             "new_untagged": cache / "stdin-5678.part",
             "dead_meta": cache / f".abc.json.~{dead_pid()}@{HOST}~x4.tmp",
+            "old_other_host": cache / "abc~12@another-host~x5.part",
         }
         for path in files.values():
             path.write_bytes(b"partial")
         two_days_ago = time.time() - 2 * 24 * 3600
-        os.utime(files["old_untagged"], (two_days_ago, two_days_ago))
+        for old in ("old_untagged", "old_other_host"):
+            os.utime(files[old], (two_days_ago, two_days_ago))
         train_tiny(good)
         left = {name for name, path in files.items() if path.exists()}
-        assert left == {"live", "new_untagged"}
+        assert left == {"live", "new_untagged", "old_untagged"}  # a name without charrnn's tag is not charrnn's
     finally:
         sleeper.kill()
         sleeper.wait()

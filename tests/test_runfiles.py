@@ -72,3 +72,27 @@ def test_a_metrics_write_that_fails_midway_names_the_file_and_the_last_checkpoin
     assert last.startswith("error: cannot write checkpoints/tiny/metrics.jsonl: Is a directory; the last good "
                            "checkpoint is checkpoints/tiny/last.safetensors (step "), last
     shutil.rmtree(metrics)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("command", ["cells", "plot", "corpus"])
+def test_a_killed_writers_temporary_file_beside_a_named_output_is_removed(corpus, command):
+    """--html, plot -o and corpus get write through a temporary file; one a killed writer left is removed by the
+    next write of the same file, and nothing that lacks charrnn's tag is touched."""
+    from charrnn.atomic import HOST
+
+    assert cli("train", corpus, *TINY, "--max-steps", "2", "--eval-every", "2").exit_code == 0
+    out = {"cells": "page.html", "plot": "loss.png", "corpus": "py.txt"}[command]
+    dead, foreign = Path(f".{out}~{dead_pid()}@{HOST}~abc.tmp"), Path(f".{out}~mine.tmp")
+    dead.write_bytes(b"half")
+    foreign.write_bytes(b"not charrnn's")
+    args = {"cells": ["cells", corpus, "-c", "checkpoints/tiny", "--unit", "0:0", "--html", out],
+            "plot": ["plot", "checkpoints/tiny", "-o", out], "corpus": ["corpus", "get", "python", "-o", out]}
+    result = cli(*args[command])
+    assert result.exit_code == 0 and Path(out).stat().st_size, result.stderr
+    assert not dead.exists() and foreign.exists()
