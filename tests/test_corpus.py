@@ -307,3 +307,35 @@ def test_an_unwritable_cache_is_one_line(tmp_path, corpus):
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: cannot write the corpus cache in {tmp_path / 'runs' / '.cache'}: ")
     assert "choose another --out" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_ids_mapped_are_the_file_validated_even_if_the_entry_is_republished(tmp_path, monkeypatch):
+    """Two runs on stdin share one cache key: if another process republishes the entry between this run's check
+    and its memory map, this run still maps the file it checked."""
+    path = tmp_path / "t.txt"
+    path.write_text("abcabc\n" * 50, encoding="utf-8")
+    first = prepare([path], 64)
+    ids_path = Path(first.ids.filename)
+    real = corpus.fingerprint
+
+    def republished_meanwhile(sources, chunk_size=corpus.CHUNK):
+        other = ids_path.with_name("other")
+        other.write_bytes(bytes([1]) * ids_path.stat().st_size)  # the same size, other ids
+        os.replace(other, ids_path)
+        return real(sources, chunk_size)
+
+    monkeypatch.setattr(corpus, "fingerprint", republished_meanwhile)
+    again = prepare([path], 64)  # reused: checked, then the other process's file lands, then mapped
+    assert again.vocab.decode(again.ids) == "abcabc\n" * 50
+
+
+def test_a_rebuilt_id_cache_is_on_disk_before_it_is_published(tmp_path, monkeypatch):
+    synced, renamed = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: renamed.append((str(a), synced.copy())) or real_replace(a, b))
+    path = tmp_path / "t.txt"
+    path.write_text("hello\n" * 10, encoding="utf-8")
+    prepare([path], 64)
+    part, synced_before = next((a, s) for a, s in renamed if a.endswith(".part"))
+    assert part in synced_before  # fsynced, then renamed into place

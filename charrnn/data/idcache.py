@@ -10,6 +10,7 @@ and modification times match and the content, hashed again, still gives the same
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,21 +47,37 @@ class Entry:
         key = json.dumps([FORMAT, [s.key for s in sources], min_count] + ([errors] if errors != "strict" else []))
         stem = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.ids_path, self.meta_path = directory / f"{stem}.ids", directory / f"{stem}.json"
+        self.ids = None  # the ids file this entry validated or wrote, held open: open_ids maps that very file
 
     def candidate(self, stats: list[list]) -> dict | None:
-        """The stored metadata if the entry exists, is whole, and was made from inputs of these sizes and times."""
+        """The stored metadata if the entry exists, is whole, and was made from inputs of these sizes and times.
+        The ids file is opened between two reads of the metadata that must agree, so it is the one they
+        describe even if another process republishes the entry meanwhile (two stdin runs share one key)."""
         try:
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-            whole = self.ids_path.stat().st_size == meta["n"] * np.dtype(meta["dtype"]).itemsize
-            same = (meta["format"] == FORMAT and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
+            text = self.meta_path.read_text(encoding="utf-8")
+            ids = open(self.ids_path, "rb")
+        except OSError:
+            return None
+        try:
+            again = self.meta_path.read_text(encoding="utf-8")
+            meta = json.loads(text)
+            whole = os.fstat(ids.fileno()).st_size == meta["n"] * np.dtype(meta["dtype"]).itemsize
+            same = (again == text and meta["format"] == FORMAT
+                    and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
                     and meta.get("encoding_errors", "strict") == self.errors)
         except (OSError, ValueError, KeyError, TypeError):
-            return None
-        return meta if whole and same else None
+            whole = same = False
+        if whole and same:
+            self.ids = ids
+            return meta
+        ids.close()
+        return None
 
     def open_ids(self, meta: dict) -> np.ndarray:
-        """(N,) ids, memory-mapped read-only: pages come from the file as training touches them."""
-        return np.memmap(self.ids_path, dtype=meta["dtype"], mode="r", shape=(meta["n"],))
+        """(N,) ids, memory-mapped read-only from the file candidate validated or store published: pages come
+        from the file as training touches them."""
+        with self.ids:
+            return np.memmap(self.ids, dtype=meta["dtype"], mode="r", shape=(meta["n"],))
 
     def writer(self) -> IdsWriter:
         """A temporary ids file for a rebuild (the entry's metadata is removed first: it no longer holds)."""
@@ -69,11 +86,24 @@ class Entry:
     def store(self, meta: dict, tmp_ids: Path) -> None:
         """Publish a finished ids file and then its metadata (a reader checks one against the other)."""
         try:
+            ids = open(tmp_ids, "rb")  # our own file, whatever is renamed over ids_path later
             os.replace(tmp_ids, self.ids_path)
+            self.ids = same_file(self.ids_path, ids)
             with replacing(self.meta_path, "w", encoding="utf-8") as f:
                 f.write(json.dumps({"format": FORMAT, **meta}, ensure_ascii=True))
         except OSError as e:
             raise cache_error(self.directory, e) from None
+
+
+def same_file(path: Path, f):
+    """f, or path opened anew if that is still the same file (so f's name is path)."""
+    with contextlib.suppress(OSError):
+        named = open(path, "rb")
+        if os.fstat(named.fileno()).st_ino == os.fstat(f.fileno()).st_ino:
+            f.close()
+            return named
+        named.close()
+    return f
 
 
 class IdsWriter:
@@ -104,7 +134,10 @@ class IdsWriter:
 
     def __exit__(self, kind, value, traceback) -> None:
         try:
-            self.file.close()  # flushes: may find the disk full too
+            if kind is None:  # on disk before it is published: a crash cannot leave a named, partial ids file
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()  # may find the disk full too
         except OSError as e:
             self.path.unlink(missing_ok=True)
             if kind is None:
