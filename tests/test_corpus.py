@@ -201,7 +201,8 @@ def test_stdin_is_spooled_then_cached_like_a_file(tmp_path):
     assert first.exit_code == 0, first.stderr
     assert "corpus cache rebuilt (no cache yet)" in first.stderr
     meta = load_checkpoint(tmp_path / "checkpoints" / "stdin" / "last.safetensors")[1]
-    assert meta["corpus"] == {"name": "stdin", "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest()}
+    assert meta["corpus"] == {"name": "stdin", "fingerprint": "sha256:" + hashlib.sha256(data).hexdigest(),
+                              "files": [["stdin", hashlib.sha256(data).hexdigest()]]}
     again = cli("train", "-", *TINY, "--max-steps", "3", "--run", "again", input=data)
     assert "corpus cache reused" in again.stderr
     other = cli("train", "-", *TINY, "--max-steps", "3", "--run", "other", input=data[:-1] + b"x")
@@ -316,7 +317,7 @@ def test_the_ids_mapped_are_the_file_validated_even_if_the_entry_is_republished(
     path.write_text("abcabc\n" * 50, encoding="utf-8")
     first = prepare([path], 64)
     ids_path = Path(first.ids.filename)
-    real = corpus.fingerprint
+    real = corpus.file_digests
 
     def republished_meanwhile(sources, chunk_size=corpus.CHUNK):
         other = ids_path.with_name("other")
@@ -324,7 +325,7 @@ def test_the_ids_mapped_are_the_file_validated_even_if_the_entry_is_republished(
         os.replace(other, ids_path)
         return real(sources, chunk_size)
 
-    monkeypatch.setattr(corpus, "fingerprint", republished_meanwhile)
+    monkeypatch.setattr(corpus, "file_digests", republished_meanwhile)
     again = prepare([path], 64)  # reused: checked, then the other process's file lands, then mapped
     assert again.vocab.decode(again.ids) == "abcabc\n" * 50
 

@@ -96,3 +96,25 @@ def test_a_killed_writers_temporary_file_beside_a_named_output_is_removed(corpus
     result = cli(*args[command])
     assert result.exit_code == 0 and Path(out).stat().st_size, result.stderr
     assert not dead.exists() and foreign.exists()
+
+
+def test_training_on_a_project_folder_skips_its_own_runs_and_names_a_changed_file(in_tmp):
+    """`charrnn train .` twice: the second time the runs under . are not read as corpus text, so resume works;
+    once a file of the corpus changes, the refusal names it."""
+    project = in_tmp / "proj"
+    (project / "src").mkdir(parents=True)
+    for i, name in enumerate(["a.txt", "src/b.txt", "src/c.txt"]):
+        (project / name).write_text(f"{name}: " + "hello world, abc def\n" * (120 + 10 * i), encoding="utf-8")
+    os.chdir(project)
+    first = cli("train", ".", *TINY, "--max-steps", "4", "--eval-every", "2", "--run", "p")
+    assert first.exit_code == 0, first.stderr
+    assert Path("checkpoints/p/metrics.jsonl").is_file()
+    again = cli("train", ".", *TINY, "--max-steps", "6", "--eval-every", "2", "--run", "p", "--resume")
+    assert again.exit_code == 0, again.stderr
+    assert "1 charrnn output directory (--out or a run)" in again.stderr and "resuming" in again.stderr
+    other = cli("train", ".", *TINY, "--max-steps", "2", "--run", "q", "--out", "elsewhere")
+    assert other.exit_code == 0, other.stderr  # its own --out, and checkpoints/p: a run of another --out
+    assert "2 charrnn output directories (--out or runs)" in other.stderr
+    Path("src/b.txt").write_text("changed\n" * 300, encoding="utf-8")
+    changed = cli("train", ".", *TINY, "--max-steps", "8", "--run", "p", "--resume")
+    one_line_error(changed, "is not the corpus this run was trained on", "changed: src/b.txt")

@@ -36,6 +36,7 @@ class Corpus:
     vocab: Vocab
     ids: np.ndarray  # (N,) character ids, N = number of characters; memory-mapped from the id cache
     fingerprint: str  # "sha256:<hex>" of the raw bytes (several inputs: of their digests, in order)
+    files: list[list[str]] = field(default_factory=list)  # [input's label, its SHA-256] per input, in order
     note: str = ""  # whether the id cache was reused or rebuilt, for the caller to report
     notes: list[str] = field(default_factory=list)  # for the caller to report: files skipped, rare characters
     warnings: list[str] = field(default_factory=list)  # for the caller to warn about: invalid bytes replaced, ...
@@ -96,8 +97,8 @@ def combine(digests: list[str]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(digests).encode()).hexdigest()
 
 
-def fingerprint(sources: list[Source], chunk_size: int = CHUNK) -> str:
-    """Hash the inputs' bytes without decoding them (checking a cache entry)."""
+def file_digests(sources: list[Source], chunk_size: int = CHUNK) -> list[str]:
+    """Each input's SHA-256, hashing its bytes without decoding them (checking a cache entry)."""
     digests = []
     for source in sources:
         digest = hashlib.sha256()
@@ -105,7 +106,7 @@ def fingerprint(sources: list[Source], chunk_size: int = CHUNK) -> str:
             while data := f.read(chunk_size):
                 digest.update(data)
         digests.append(digest.hexdigest())
-    return combine(digests)
+    return digests
 
 
 class Tally:
@@ -143,13 +144,14 @@ class Tally:
 
 
 def count_chars(sources: list[Source], chunk_size: int, bad: BadBytes,
-                exact: bool = True) -> tuple[np.ndarray, int, str]:
-    """Pass 1: (CODE_SPACE,) occurrences (exact, or 1 for each character seen), characters, fingerprint."""
+                exact: bool = True) -> tuple[np.ndarray, int, list[str]]:
+    """Pass 1: (CODE_SPACE,) occurrences (exact, or 1 for each character seen), characters, each input's
+    SHA-256."""
     tally = Tally(exact)
     digests: list[str] = []
     for chunk in joined_chunks(sources, chunk_size, bad, digests):
         tally.add(chunk)
-    return tally.result(), tally.n, combine(digests)
+    return tally.result(), tally.n, digests
 
 
 def make_vocab(counts: np.ndarray, min_count: int) -> tuple[Vocab, np.ndarray, int]:
@@ -187,7 +189,7 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
     """Both passes into the cache entry; returns its metadata (with what --min-char-count replaced)."""
     stats = idcache.stat_key(sources)
     bad = BadBytes(errors)
-    counts, n, fp = count_chars(sources, chunk_size, bad, exact=min_count > 1)
+    counts, n, digests = count_chars(sources, chunk_size, bad, exact=min_count > 1)
     if n == 0:
         raise CharrnnError(f"{name} is empty; give a text file with some characters in it")
     vocab, lut, n_rare = make_vocab(counts, min_count)
@@ -198,7 +200,8 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
         raise CharrnnError(f"{name} changed while it was being read; run again once it is finished")
     replaced = int(counts[(counts > 0) & (counts < min_count)].sum()) if n_rare else 0
     meta = {"inputs": stats, "min_char_count": min_count, "encoding_errors": errors, "bad_bytes": bad.report(),
-            "fingerprint": fp, "n": n, "dtype": np.dtype(vocab.id_dtype).name, "vocab": vocab.chars}
+            "fingerprint": combine(digests), "digests": digests, "n": n, "dtype": np.dtype(vocab.id_dtype).name,
+            "vocab": vocab.chars}
     entry.store(meta, writer.path)
     if n_rare:
         meta["rare"] = (f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} "
@@ -214,12 +217,14 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "str
     entry = idcache.Entry(cache_dir, inputs.sources, min_count, errors)
     try:
         meta = entry.candidate(idcache.stat_key(inputs.sources))
-        if meta is not None and meta["fingerprint"] == fingerprint(inputs.sources, chunk_size):
+        digests = file_digests(inputs.sources, chunk_size) if meta is not None else []
+        if meta is not None and meta["fingerprint"] == combine(digests):
             note = f"corpus cache reused: {entry.ids_path} ({meta['n']:,} characters)"
         else:
             why = "inputs changed" if entry.meta_path.exists() else "no cache yet"
             start = time.monotonic()
             meta = prepare(entry, inputs.sources, inputs.name, min_count, errors, chunk_size)
+            digests = meta["digests"]
             size, seconds = sum(row[1] for row in meta["inputs"]) / 1e6, time.monotonic() - start
             rate = f", {size / seconds:,.0f} MB/s" if seconds >= 0.1 else ""
             note = (f"corpus cache rebuilt ({why}): {entry.ids_path} ({meta['n']:,} characters; "
@@ -229,7 +234,9 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "str
     finally:
         inputs.close()
     notes += [meta["rare"]] if "rare" in meta else []
-    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], note, notes,
+    files = [[source.label, digest] for source, digest in zip(inputs.sources, digests, strict=True)]
+    return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], files, note,
+                  notes,
                   [*inputs.warnings, *([meta["bad_bytes"]] if meta.get("bad_bytes") else [])])
 
 

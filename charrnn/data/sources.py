@@ -20,6 +20,7 @@ from charrnn.data.text import BINARY_SNIFF, STDIN, not_text, stdin_bytes, unread
 from charrnn.errors import CharrnnError, UsageError
 
 SPOOL_CHUNK = 4 << 20  # bytes of stdin copied at a time while spooling
+RUN_FILES = ("best.safetensors", "last.safetensors", "metrics.jsonl")  # what makes a directory a charrnn run
 
 
 @dataclass
@@ -54,19 +55,28 @@ def raise_unreadable(name: str, e: OSError):
     raise unreadable(name, e)
 
 
-def walk(root: Path, pattern: str | None) -> tuple[list[Path], int]:
-    """(the files under root, sorted; hidden files and directories left out), the hidden entries left out.
+def output(directory: Path, out: Path | None) -> bool:
+    """Whether a directory is charrnn's own output: --out itself, or a run directory (of any --out)."""
+    return (out is not None and directory.resolve() == out.resolve()) or any(
+        (directory / name).is_file() for name in RUN_FILES)
+
+
+def walk(root: Path, pattern: str | None, out: Path | None = None) -> tuple[list[Path], int, int]:
+    """(the files under root, sorted; hidden files and directories left out and charrnn's output directories
+    (see output) too), the hidden entries left out, the output directories left out.
     Recursive; symlinked directories are not followed."""
-    found, hidden = [], 0
+    found, hidden, outputs = [], 0, 0
     for directory, dirs, files in os.walk(root, onerror=lambda e: raise_unreadable(e.filename, e)):
         hidden += sum(name.startswith(".") for name in dirs + files)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        mine = [d for d in dirs if not d.startswith(".") and output(Path(directory, d), out)]
+        outputs += len(mine)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in mine]
         for name in files:
             path = Path(directory, name)
             relative = PurePosixPath(path.relative_to(root).as_posix())
             if not name.startswith(".") and path.is_file() and matches(relative, pattern):
                 found.append((relative.as_posix(), path))
-    return [path for _, path in sorted(found)], hidden
+    return [path for _, path in sorted(found)], hidden, outputs
 
 
 def spool_stdin(directory: Path) -> Path:
@@ -87,11 +97,11 @@ def spool_stdin(directory: Path) -> Path:
     return path
 
 
-def expand(arg: str, pattern: str | None, skipped: dict[str, int]) -> list[Path]:
+def expand(arg: str, pattern: str | None, skipped: dict[str, int], out: Path | None = None) -> list[Path]:
     """One non-stdin argument -> its text files; what a directory's walk leaves out is added to skipped."""
     path = Path(arg)
     if path.is_dir():
-        files, hidden = walk(path, pattern)
+        files, hidden, outputs = walk(path, pattern, out)
         text = []
         for f in files:
             problem = _sniff(f)
@@ -99,8 +109,9 @@ def expand(arg: str, pattern: str | None, skipped: dict[str, int]) -> list[Path]
                 text.append(f)
             else:
                 skipped[problem[0]] = skipped.get(problem[0], 0) + 1
-        if hidden:
-            skipped["hidden"] = skipped.get("hidden", 0) + hidden
+        for kind, n in (("hidden", hidden), ("output", outputs)):
+            if n:
+                skipped[kind] = skipped.get(kind, 0) + n
         if not text:
             glob = f" matching --glob {pattern!r}" if pattern else ""
             raise CharrnnError(f"{arg} holds no UTF-8 text files{glob} (skipped: {count_skipped(skipped) or 'none'});"
@@ -115,10 +126,11 @@ def expand(arg: str, pattern: str | None, skipped: dict[str, int]) -> list[Path]
 
 
 def count_skipped(skipped: dict[str, int]) -> str:
-    """'2 binary files, 1 UTF-16 file, 3 hidden files or directories'."""
-    order = ["binary", "UTF-16", "UTF-32", "hidden"]
-    return ", ".join(f"{n:,} {k} {'file' if n == 1 else 'files'}" if k != "hidden"
-                     else f"{n:,} hidden {'file or directory' if n == 1 else 'files or directories'}"
+    """'2 binary files, 1 UTF-16 file, 3 hidden files or directories, 1 charrnn output directory'."""
+    nouns = {"hidden": ("hidden file or directory", "hidden files or directories"),
+             "output": ("charrnn output directory (--out or a run)", "charrnn output directories (--out or runs)")}
+    order = ["binary", "UTF-16", "UTF-32", "hidden", "output"]
+    return ", ".join(f"{n:,} " + (nouns[k][n != 1] if k in nouns else f"{k} {'file' if n == 1 else 'files'}")
                      for k, n in sorted(skipped.items(), key=lambda item: order.index(item[0])))
 
 
@@ -130,8 +142,9 @@ def _sniff(path: Path, name: str | None = None) -> tuple[str, CharrnnError] | No
         raise CharrnnError(f"cannot read {path}: {e.strerror}") from None
 
 
-def collect(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
-    """Command-line inputs -> the files to read, in order. stdin is spooled into spool_dir."""
+def collect(args: list[str], pattern: str | None, spool_dir: Path, out: Path | None = None) -> Inputs:
+    """Command-line inputs -> the files to read, in order. stdin is spooled into spool_dir. A directory's walk
+    leaves out out (the runs' directory) and every run directory below it."""
     if not args:
         raise UsageError("give at least one input: a file, a directory, or - for stdin")
     if args.count(STDIN) > 1:
@@ -147,7 +160,7 @@ def collect(args: list[str], pattern: str | None, spool_dir: Path) -> Inputs:
                 inputs.spool = spool_stdin(spool_dir)
                 inputs.sources.append(Source(inputs.spool, "stdin", "stdin"))
                 continue
-            for f in expand(arg, pattern, inputs.skipped):
+            for f in expand(arg, pattern, inputs.skipped, out):
                 if f.resolve() not in seen:
                     seen.add(f.resolve())
                     inputs.sources.append(Source(f, str(f), str(f.resolve())))

@@ -133,6 +133,11 @@ def check_meta(path: Path, meta: dict) -> None:
         raise bad("epoch is not a number >= 0")
     if not all(isinstance(meta["corpus"].get(k), str) for k in ("name", "fingerprint")):
         raise bad("corpus.name and corpus.fingerprint must be strings")
+    inputs = meta["corpus"].get("files", [])  # [label, SHA-256] per input; absent in files of older versions
+    pairs = isinstance(inputs, list) and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+                                             for f in inputs)
+    if not pairs:
+        raise bad("corpus.files must be a list of [name, digest] pairs")
 
 
 def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Path:

@@ -161,7 +161,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
             for turn in (place.rank == 0, place.rank != 0):  # rank 0 builds the id cache; then the others read it
                 with group.agreed():
                     if turn:
-                        text = session.load_corpus(inputs, glob, out / rundir.CACHE_DIR, cfg, meta, force)
+                        text = session.load_corpus(inputs, glob, out, cfg, meta, force)
             with group.agreed():
                 model = session.build_model(text, model_cfg, cfg, device)
                 trainer = DistTrainer(model, cfg, *session.splits(text, cfg), device, group)

@@ -172,7 +172,8 @@ class Recorder:
         t = self.trainer
         return {"model": dataclasses.asdict(t.model.cfg), "train": dataclasses.asdict(t.cfg),
                 "vocab": self.corpus.vocab.chars, "epoch": t.progress.epoch + t.progress.window / len(t.train_streams),
-                "corpus": {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint}}
+                "corpus": {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint,
+                           "files": self.corpus.files}}
 
     def save(self, name: str, full: bool) -> None:
         """full: last.safetensors, all of Trainer.state_dict(); else best.safetensors, the model and progress."""

@@ -41,7 +41,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     held = rundir.claim(directory, force, resume)
     try:
         with abort_on_signals():
-            text = load_corpus(inputs, glob, out / rundir.CACHE_DIR, cfg, meta, force)
+            text = load_corpus(inputs, glob, out, cfg, meta, force)
             trainer = Trainer(build_model(text, model_cfg, cfg, device), cfg, *splits(text, cfg), device)
             if meta:
                 restore(trainer, tensors, meta, text, directory)
@@ -116,23 +116,36 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                        f"--val-frac {cfg.val_frac} need at least {high:,}; give more text or lower those")
 
 
-def load_corpus(inputs: list[str], glob: str | None, cache: Path, cfg: TrainConfig, meta: dict | None,
+def load_corpus(inputs: list[str], glob: str | None, out: Path, cfg: TrainConfig, meta: dict | None,
                 force: bool) -> corpus.Corpus:
     """The prepared corpus, checked against the run being resumed (meta) and against the window sizes; what
     preparation found is reported here."""
-    text = corpus.load(sources.collect(inputs, glob, cache), cache, cfg.min_char_count, cfg.encoding_errors)
+    cache = out / rundir.CACHE_DIR
+    text = corpus.load(sources.collect(inputs, glob, cache, out), cache, cfg.min_char_count, cfg.encoding_errors)
     for line in text.warnings:
         warn(line)
     for line in text.notes:
         info(line)
     if meta and meta["corpus"]["fingerprint"] != text.fingerprint and not force:
         raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
-                           "different content); pass the same corpus, or --force to continue on this one")
+                           f"{differences(meta['corpus'].get('files', []), text.files)}); pass the same corpus, or "
+                           "--force to continue on this one")
     if meta and text.vocab.chars != meta["vocab"]:
         raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
     check_size(len(text.ids), cfg)
     info(text.note)
     return text
+
+
+def differences(before: list[list[str]], now: list[list[str]], most: int = 5) -> str:
+    """Which inputs differ from those a run was trained on ([label, SHA-256] pairs), for the changed-corpus error."""
+    old, new = dict(before), dict(now)
+    kinds = [("changed", [f for f in new if f in old and new[f] != old[f]]), ("new", [f for f in new if f not in old]),
+             ("gone", [f for f in old if f not in new])]
+    said = [f"{kind}: {', '.join(names[:most])}{' ...' if len(names) > most else ''}" for kind, names in kinds if names]
+    if not said:  # no per-file record (an older run), or the same files in another order
+        return "the same files in another order" if old else "different content"
+    return "different content; " + "; ".join(said)
 
 
 def build_model(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, device: torch.device) -> CharRNN:
