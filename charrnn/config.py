@@ -142,13 +142,25 @@ def flag(key: str) -> str:
 
 def check(values: dict, label: Callable[[str], str], skip: set[str] = frozenset(),
           error: type[Exception] = UsageError) -> None:
-    """Raise error naming the first value that breaks its rule (None means "not set" and passes)."""
+    """Raise error naming the first value that breaks its rule (None means "not set" and passes). An integer
+    also fits in 64 bits, whatever its rule: a larger one overflows where it meets a float."""
     for key, value in values.items():
         if key in skip:
             continue
         test, rule = RULES[key]
-        if value is not None and not test(value):
-            raise error(f"{label(key)} {rule}, not {value!r}")
+        if value is not None and not (test(value) and fits(value)):
+            raise error(f"{label(key)} {rule}, not {shown(value)}")
+
+
+def fits(value) -> bool:
+    """Whether a number is one charrnn can compute with: an integer of at most 64 bits (a bool is fine)."""
+    return not isinstance(value, int) or value.bit_length() <= 64
+
+
+def shown(value) -> str:
+    """A value for an error message: as Python writes it, but a huge integer by its size (its digits could be
+    thousands, more than str() even writes)."""
+    return f"an integer of {value.bit_length():,} bits" if isinstance(value, int) and not fits(value) else repr(value)
 
 
 def typed(data: dict, keys: set[str], label: Callable[[str], str], error: type[Exception] = UsageError) -> dict:

@@ -125,11 +125,11 @@ def check_meta(path: Path, meta: dict) -> None:
                   "outputs")
     p = meta["progress"]
     for key, kind in PROGRESS.items():
-        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None
-                                                                              and not 0 <= p[key] < math.inf):
+        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None and not (
+                0 <= p[key] < math.inf and config.fits(p[key]))):
             raise bad(f"progress.{key} is missing or not a number >= 0")
     epoch = meta.get("epoch", 0)
-    if not isinstance(epoch, NUMBER) or isinstance(epoch, bool) or not 0 <= epoch < math.inf:
+    if not isinstance(epoch, NUMBER) or isinstance(epoch, bool) or not (0 <= epoch < math.inf and config.fits(epoch)):
         raise bad("epoch is not a number >= 0")
     if not all(isinstance(meta["corpus"].get(k), str) for k in ("name", "fingerprint")):
         raise bad("corpus.name and corpus.fingerprint must be strings")

@@ -28,6 +28,7 @@ from charrnn.model.rnn import CharRNN, num_params
 from charrnn.training import rundir
 from charrnn.training.trainer import NonFiniteError, Trainer
 
+MAX_CHARS = 1 << 50  # the largest corpus check_size considers (a petabyte of text)
 STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
 
 
@@ -110,6 +111,10 @@ def check_size(n: int, cfg: TrainConfig) -> None:
     low, high = n, 2 * n + 2
     while not enough(high):
         high *= 2
+        if high > MAX_CHARS:  # no corpus is large enough: a --val-frac so small it holds out nothing
+            raise UsageError(f"--val-frac {cfg.val_frac} with --seq-len {cfg.seq_len} holds out less than one "
+                             f"validation window of any corpus up to {MAX_CHARS:,} characters; give a larger "
+                             "--val-frac")
     while high - low > 1:  # the smallest m with enough(m) lies in (low, high]
         low, high = (low, (low + high) // 2) if enough((low + high) // 2) else ((low + high) // 2, high)
     raise CharrnnError(f"the corpus has {n:,} characters; --batch-size {cfg.batch_size} --seq-len {cfg.seq_len} "
@@ -176,7 +181,7 @@ def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, di
     path = directory / LAST
     try:
         trainer.load_state_dict(files.unpack(tensors, meta))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, OverflowError) as e:  # OverflowError: random.setstate
         raise CheckpointError(f"{path} cannot be resumed from: {e}"[:300] + "; it was not written by this "
                               "charrnn") from None
     if meta["corpus"]["fingerprint"] != text.fingerprint:  # --force onto another corpus: start at its beginning
