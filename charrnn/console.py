@@ -69,6 +69,12 @@ def note(message: str) -> None:
         info(message)
 
 
+def printable(text: str) -> str:
+    """text with every non-printing character (controls, terminal escapes, line and paragraph separators) written
+    as its Python escape, so a name read from a file cannot drive the terminal: '\\x1b[2J' stays text."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def nats_bits(nats: float) -> str:
     return f"{nats:.4f} nats ({nats / LN2:.4f} bits/char)"
 

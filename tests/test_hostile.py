@@ -158,3 +158,56 @@ def test_mutated_checkpoints_only_raise_checkpoint_error(good, tmp_path, data):
         checkpoint.load_model(path, torch.device("cpu"))
     except CheckpointError:
         pass  # the only acceptable failure; a mutation in header padding may also load unchanged
+
+
+@pytest.mark.parametrize("keep", [4, 100, 0.5, 0.99])  # bytes, or a fraction of the file
+def test_a_truncated_checkpoint_is_called_truncated_not_a_pickle(good, tmp_path, keep):
+    """A last.safetensors cut short (a full disk, a copy interrupted) starts like any charrnn file: its first
+    byte can look like a pickle's. It is reported as truncated."""
+    cut = tmp_path / "cut.safetensors"
+    blob = good.read_bytes()
+    cut.write_bytes(blob[: keep if isinstance(keep, int) else int(len(blob) * keep)])
+    result = cli("info", cut)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "pickle" not in lines[0] and ("truncated" in lines[0]), lines[0]
+
+
+def test_a_crafted_2_gb_file_is_refused_from_its_header_without_reading_tensors(good, tmp_path, monkeypatch):
+    """A file whose metadata asks for a million layers is refused before any tensor is read: the 2 GB of data
+    (a sparse file here) are never touched."""
+    tensors, meta = checkpoint.load(good)
+    meta["model"]["num_layers"] = 10**6
+    from safetensors.torch import save
+
+    meta_json = json.dumps(meta)
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes(save(tensors, {"charrnn": meta_json, "sha256": checkpoint.digest(meta_json, tensors)}))
+    with open(huge, "r+b") as f:
+        f.truncate(2 << 30)
+    monkeypatch.setattr(checkpoint, "st_load", lambda blob: pytest.fail("the tensors were read"))
+    with pytest.raises(CheckpointError, match="num_layers must be from 1 to 64, not 1000000"):
+        checkpoint.load(huge)
+
+
+@pytest.mark.parametrize("name", ["\x1b]0;pwned\x07", "\x1b[2Jcleared", "line\u2028break"])
+def test_metadata_text_with_terminal_escapes_is_shown_escaped(good, tmp_path, name):
+    path = rewrite(good, tmp_path / "esc.safetensors", lambda t, m: m["corpus"].update(name=name))
+    result = cli("info", path)
+    assert result.exit_code == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("corpus"))
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout and "\u2028" not in result.stdout
+    assert name.encode("unicode_escape").decode("ascii")[:6] in line
+
+
+@pytest.mark.parametrize("where", ["name", "vocab"])
+def test_a_lone_surrogate_in_metadata_is_refused(good, tmp_path, where):
+    def edit(t, m):
+        if where == "name":
+            m["corpus"]["name"] = "\ud800"
+        else:
+            m["vocab"][-1] = "\udfff"
+            m["vocab"].sort()
+
+    path = rewrite(good, tmp_path / "sur.safetensors", edit)
+    assert_refused(path, "lone surrogate")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError
-from charrnn.model import files
+from charrnn.model import filecheck
 
 CJK_EMOJI = "日本語のテキスト 中文字符 한국어 😀🎉🐍🦀 \U0001f680\U00020000 naïve café\n"
 
@@ -106,10 +106,10 @@ def test_a_checkpoint_whose_vocab_is_not_a_list_of_strings_is_refused(data):
             "vocab": ["a", "b"], "progress": {"step": 0, "epoch": 0, "window": 0, "elapsed_s": 0.0,
                                               "best_val": None, "best_step": 0, "skipped": 0},
             "corpus": {"name": "t", "fingerprint": "sha256:x"}}
-    files.check_meta(Path("ok.safetensors"), meta)  # the control: this metadata passes
+    filecheck.check_meta(Path("ok.safetensors"), meta)  # the control: this metadata passes
     meta["vocab"] = json.loads(data)
     with pytest.raises(CheckpointError, match="vocab"):
-        files.check_meta(Path("bad.safetensors"), meta)
+        filecheck.check_meta(Path("bad.safetensors"), meta)
 
 
 @pytest.mark.parametrize("chars", [["a", "a"], ["ab"], [""], ["a", "b", "a"]])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from charrnn import device as devices
-from charrnn.console import nats_bits
+from charrnn.console import nats_bits, printable
 from charrnn.model.files import find_checkpoint, load_model
 from charrnn.model.rnn import num_params
 
@@ -20,12 +20,12 @@ def describe(checkpoint: Path | None) -> str:
     if p.get("best_val") is not None:
         best = f"{nats_bits(p['best_val'])} at step {p['best_step']}"
     lines = [
-        f"checkpoint   {path}",
+        f"checkpoint   {printable(str(path))}",
         f"model        {m['cell']}, {m['num_layers']} layer{'s' * (m['num_layers'] != 1)} x {m['hidden_size']} units, "
         f"embed {m['embed_size']}, dropout {m['dropout']}",
         f"parameters   {num_params(model):,}",
         f"vocabulary   {len(vocab)} characters: {preview}{' ...' if len(vocab) > 60 else ''}",
-        f"corpus       {meta['corpus']['name']} ({meta['corpus']['fingerprint'][:19]}...)",
+        f"corpus       {printable(meta['corpus']['name'])} ({printable(meta['corpus']['fingerprint'][:19])}...)",
         f"progress     step {p['step']}, epoch {epoch:.2f}, {p['elapsed_s']:.0f} s of training",
         f"best val     {best}",
     ]

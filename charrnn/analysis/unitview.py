@@ -17,7 +17,7 @@ import numpy as np
 from charrnn.analysis import signals, units
 from charrnn.analysis.score import drop_unknown
 from charrnn.atomic import writing
-from charrnn.console import info, note, warn
+from charrnn.console import info, note, printable, warn
 from charrnn.data.text import read_text
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.model.files import load_chosen
@@ -41,9 +41,7 @@ def ink(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 def shown(ch: str) -> str:
     """A character as it can be shown safely: printable ones as they are (a backslash as \\\\), others (control
     characters, other whitespace than space) by their Python escape, e.g. \\n, \\t, \\x1b, \\u2028."""
-    if ch == "\\":
-        return "\\\\"
-    return ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+    return "\\\\" if ch == "\\" else printable(ch)
 
 
 def terminal(text: str, values: np.ndarray) -> Iterator[str]:

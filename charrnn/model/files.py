@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -19,18 +20,18 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from charrnn import config
 from charrnn import device as devices
 from charrnn.atomic import remove_stale, replacing
 from charrnn.config import ModelConfig
 from charrnn.console import note
 from charrnn.data.vocab import REPLACEMENT, Vocab
 from charrnn.errors import CheckpointError
+from charrnn.model import filecheck
 from charrnn.model.rnn import CharRNN
 
 FORMAT = 1  # bump when the layout changes; older readers refuse newer files
 BEST, LAST = "best.safetensors", "last.safetensors"
-PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol 2+, torch.save zip archives
+MAX_HEADER = 100 << 20  # bytes: the longest header a safetensors file may have (safetensors' own limit)
 
 
 def digest(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
@@ -57,87 +58,78 @@ def clean_temp(directory: Path) -> None:
 
 
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors on CPU, metadata). Anything but an intact charrnn file is a CheckpointError."""
+    """(tensors on CPU, metadata). Anything but an intact charrnn file is a CheckpointError. The header comes
+    first: its length bounded, the metadata and the tensor table checked (filecheck.py), and only then are the
+    tensors read and the checksum of metadata and tensors compared."""
     try:
-        blob = path.read_bytes()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        (n,) = struct.unpack("<Q", blob[:8])
-        header = json.loads(blob[8 : 8 + n])
-        info = header.get("__metadata__") or {}
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        header = read_header(path, f, size)
+        info = header.get("__metadata__")
+        if not isinstance(info, dict) or not isinstance(info.get("charrnn"), str) or "sha256" not in info:
+            raise CheckpointError(f"{path} is a safetensors file without charrnn's metadata; charrnn loads only "
+                                  "the files it writes")
         meta_json, expected = info["charrnn"], info["sha256"]
-        meta = json.loads(meta_json)
+        try:
+            meta = json.loads(meta_json)
+        except ValueError:
+            raise CheckpointError(f"{path} is damaged: its charrnn metadata is not valid JSON") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{path} has checkpoint format {found!r}; this charrnn reads format {FORMAT}")
+        filecheck.check_meta(path, meta)
+        filecheck.check_table(path, header, size - f.tell(), meta)
+        f.seek(0)
+        blob = f.read()
+    try:
         tensors = st_load(blob)
-    except Exception:  # struct, JSON, key and safetensors errors all mean "not a charrnn checkpoint"
-        if blob.startswith(PICKLE_MAGIC):
-            raise CheckpointError(f"{path} is a pickle/torch.save file, which can run code when loaded; "
-                                  "charrnn only loads the .safetensors files it writes") from None
-        raise CheckpointError(f"{path} is not a charrnn checkpoint (unreadable or truncated)") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path} has checkpoint format {found!r}; this charrnn reads format {FORMAT}")
+    except Exception:  # safetensors' own errors: the table checked above, so the bytes are damaged
+        raise CheckpointError(f"{path} is damaged: its tensors cannot be read") from None
     if digest(meta_json, tensors) != expected:
         raise CheckpointError(f"{path} is corrupt: its tensor data does not match its checksum")
-    check_meta(path, meta)
     return tensors, meta
+
+
+def read_header(path: Path, f, size: int) -> dict:
+    """A safetensors file's header (8 bytes of length, then that much JSON), the length bounded by the file and by
+    MAX_HEADER; a pickle or torch.save file, or a truncated or damaged one, is a CheckpointError saying which."""
+    head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in b"\x02\x03\x04\x05"
+                                             and head[2:3] not in (b"", b"\x00")):
+        raise CheckpointError(f"{path} is a pickle/torch.save file, which can run code when loaded; charrnn only "
+                              "loads the .safetensors files it writes")
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint: {size:,} bytes, too few for a safetensors header "
+                              "(a truncated file?)")
+    (n,) = struct.unpack("<Q", head)
+    if n > MAX_HEADER:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint: its first bytes are not a safetensors header")
+    if n > size - 8:
+        raise CheckpointError(f"{path} is truncated: a safetensors file whose header needs {n + 8:,} bytes, holding "
+                              f"{size:,}; not a whole charrnn checkpoint")
+    try:
+        header = json.loads(f.read(n))
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a charrnn checkpoint: a damaged safetensors file, or none (its header "
+                              "is not JSON)")
+    return header
 
 
 def saved_step(path: Path) -> int | None:
     """The training step a file charrnn wrote holds, read from its header alone; None if there is none."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            return json.loads(json.loads(f.read(n))["__metadata__"]["charrnn"])["progress"]["step"]
-    except (OSError, ValueError, KeyError, TypeError, struct.error):
+            header = read_header(path, f, os.fstat(f.fileno()).st_size)
+        return json.loads(header["__metadata__"]["charrnn"])["progress"]["step"]
+    except (OSError, ValueError, KeyError, TypeError, CheckpointError):
         return None
-
-
-SECTIONS = {"model": dict, "train": dict, "vocab": list, "progress": dict, "corpus": dict}
-NUMBER = (int, float)
-PROGRESS = {"step": int, "epoch": int, "window": int, "elapsed_s": NUMBER, "best_val": (*NUMBER, type(None)),
-            "best_step": int, "skipped": int}  # what Recorder.meta writes; every number >= 0
-
-
-def check_meta(path: Path, meta: dict) -> None:
-    """Refuse metadata that is not what charrnn writes (the checksum is unkeyed: anyone can make a file whose
-    checksum holds), naming the entry: types, every config value against its rule, the vocabulary's size."""
-
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: {what}; it was not written by this charrnn")
-
-    for key, kind in SECTIONS.items():
-        if not isinstance(meta.get(key), kind):
-            raise bad(f"{key} is missing or not a JSON {'object' if kind is dict else 'list'}")
-    for section, keys in (("model", config.MODEL_KEYS), ("train", config.TRAIN_KEYS)):
-        def label(key: str, section=section) -> str:
-            return f"{path}: {section}.{key}"
-
-        config.typed(meta[section], keys, label, CheckpointError)
-        config.check(meta[section], label, error=CheckpointError)
-    vocab = meta["vocab"]
-    if not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab):
-        raise bad("vocab is not a list of distinct single characters")
-    if meta["model"].get("vocab_size") != len(vocab):
-        raise bad(f"its vocabulary has {len(vocab)} characters but its model has {meta['model'].get('vocab_size')} "
-                  "outputs")
-    p = meta["progress"]
-    for key, kind in PROGRESS.items():
-        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None and not (
-                0 <= p[key] < math.inf and config.fits(p[key]))):
-            raise bad(f"progress.{key} is missing or not a number >= 0")
-    epoch = meta.get("epoch", 0)
-    if not isinstance(epoch, NUMBER) or isinstance(epoch, bool) or not (0 <= epoch < math.inf and config.fits(epoch)):
-        raise bad("epoch is not a number >= 0")
-    if not all(isinstance(meta["corpus"].get(k), str) for k in ("name", "fingerprint")):
-        raise bad("corpus.name and corpus.fingerprint must be strings")
-    inputs = meta["corpus"].get("files", [])  # [label, SHA-256] per input; absent in files of older versions
-    pairs = isinstance(inputs, list) and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
-                                             for f in inputs)
-    if not pairs:
-        raise bad("corpus.files must be a list of [name, digest] pairs")
 
 
 def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Path:

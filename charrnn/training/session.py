@@ -17,7 +17,7 @@ import torch
 from charrnn import config, launch
 from charrnn import device as devices
 from charrnn.config import MAX_PARAMS, ModelConfig, TrainConfig
-from charrnn.console import TrainReport, info, nats_bits, warn
+from charrnn.console import TrainReport, info, nats_bits, printable, warn
 from charrnn.data import corpus, sources
 from charrnn.data.batches import Streams, evaluation_streams, min_chars
 from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
@@ -132,7 +132,8 @@ def load_corpus(inputs: list[str], glob: str | None, out: Path, cfg: TrainConfig
     for line in text.notes:
         info(line)
     if meta and meta["corpus"]["fingerprint"] != text.fingerprint and not force:
-        raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({meta['corpus']['name']}, "
+        was = printable(meta["corpus"]["name"])
+        raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({was}, "
                            f"{differences(meta['corpus'].get('files', []), text.files)}); pass the same corpus, or "
                            "--force to continue on this one")
     if meta and text.vocab.chars != meta["vocab"]:
@@ -147,7 +148,8 @@ def differences(before: list[list[str]], now: list[list[str]], most: int = 5) ->
     old, new = dict(before), dict(now)
     kinds = [("changed", [f for f in new if f in old and new[f] != old[f]]), ("new", [f for f in new if f not in old]),
              ("gone", [f for f in old if f not in new])]
-    said = [f"{kind}: {', '.join(names[:most])}{' ...' if len(names) > most else ''}" for kind, names in kinds if names]
+    said = [f"{kind}: {', '.join(map(printable, names[:most]))}{' ...' if len(names) > most else ''}"
+            for kind, names in kinds if names]
     if not said:  # no per-file record (an older run), or the same files in another order
         return "the same files in another order" if old else "different content"
     return "different content; " + "; ".join(said)

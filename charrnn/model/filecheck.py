@@ -1,0 +1,105 @@
+"""What a model file must be before its tensors are read: its metadata (types, every setting against its rule,
+no lone surrogates) and its tensor table (dtypes, shapes against the model the metadata describes, offsets
+within the file). The checksum is unkeyed, so anyone can make a file whose checksum holds: these checks are what
+keep a crafted file from hanging or crashing a reader."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from charrnn import config
+from charrnn.config import ModelConfig
+from charrnn.errors import CheckpointError
+from charrnn.model.rnn import CharRNN
+
+ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+SECTIONS = {"model": dict, "train": dict, "vocab": list, "progress": dict, "corpus": dict}
+NUMBER = (int, float)
+PROGRESS = {"step": int, "epoch": int, "window": int, "elapsed_s": NUMBER, "best_val": (*NUMBER, type(None)),
+            "best_step": int, "skipped": int}  # what Recorder.meta writes; every number >= 0
+
+
+def check_meta(path: Path, meta: dict) -> None:
+    """Refuse metadata that is not what charrnn writes (the checksum is unkeyed: anyone can make a file whose
+    checksum holds), naming the entry: types, every config value against its rule, the vocabulary's size."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; it was not written by this charrnn")
+
+    if (where := surrogate(meta)) is not None:
+        raise bad(f"{where} holds a lone surrogate, which is not a character")
+    for key, kind in SECTIONS.items():
+        if not isinstance(meta.get(key), kind):
+            raise bad(f"{key} is missing or not a JSON {'object' if kind is dict else 'list'}")
+    for section, keys in (("model", config.MODEL_KEYS), ("train", config.TRAIN_KEYS)):
+        def label(key: str, section=section) -> str:
+            return f"{path}: {section}.{key}"
+
+        config.typed(meta[section], keys, label, CheckpointError)
+        config.check(meta[section], label, error=CheckpointError)
+    vocab = meta["vocab"]
+    if not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab):
+        raise bad("vocab is not a list of distinct single characters")
+    if meta["model"].get("vocab_size") != len(vocab):
+        raise bad(f"its vocabulary has {len(vocab)} characters but its model has {meta['model'].get('vocab_size')} "
+                  "outputs")
+    p = meta["progress"]
+    for key, kind in PROGRESS.items():
+        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None and not (
+                0 <= p[key] < math.inf and config.fits(p[key]))):
+            raise bad(f"progress.{key} is missing or not a number >= 0")
+    epoch = meta.get("epoch", 0)
+    if not isinstance(epoch, NUMBER) or isinstance(epoch, bool) or not (0 <= epoch < math.inf and config.fits(epoch)):
+        raise bad("epoch is not a number >= 0")
+    if not all(isinstance(meta["corpus"].get(k), str) for k in ("name", "fingerprint")):
+        raise bad("corpus.name and corpus.fingerprint must be strings")
+    inputs = meta["corpus"].get("files", [])  # [label, SHA-256] per input; absent in files of older versions
+    pairs = isinstance(inputs, list) and all(isinstance(f, list) and len(f) == 2 and all(isinstance(x, str) for x in f)
+                                             for f in inputs)
+    if not pairs:
+        raise bad("corpus.files must be a list of [name, digest] pairs")
+
+
+def surrogate(value, where: str = "metadata") -> str | None:
+    """Where in a JSON value a string holds a lone surrogate (U+D800-U+DFFF), or None."""
+    if isinstance(value, str):
+        return where if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if (found := surrogate(item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")) is not None:
+            return found
+    return None
+
+
+def check_table(path: Path, header: dict, data_size: int, meta: dict) -> None:
+    """Every tensor entry well formed and inside the file's data, and every model.* tensor there with the shape
+    of the model the (already checked) metadata describes; nothing is read or allocated."""
+    with torch.device("meta"):
+        expected = {f"model.{k}": list(v.shape) for k, v in CharRNN(ModelConfig(**meta["model"]), init=False)
+                    .state_dict().items()}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            numel = math.prod(shape)
+            well_formed = (dtype in ITEMSIZE and all(isinstance(d, int) and 0 <= d < 1 << 40 for d in shape)
+                           and isinstance(begin, int) and isinstance(end, int)
+                           and end - begin == numel * ITEMSIZE[dtype])
+        except (KeyError, TypeError, ValueError):
+            well_formed = False
+        if not well_formed:
+            raise CheckpointError(f"{path} is damaged: its entry for tensor {name!r} is not a safetensors entry")
+        if not 0 <= begin <= end <= data_size:
+            raise CheckpointError(f"{path} is truncated: tensor {name} lies past the end of its {data_size:,} bytes "
+                                  "of data")
+    found = {k: header[k]["shape"] for k in header if k.startswith("model.")}
+    wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+    if wrong:
+        raise CheckpointError(f"{path}: tensor {wrong[0]} is missing or does not fit the model its metadata "
+                              "describes; it was not written by this charrnn")
