@@ -441,6 +441,9 @@ def usage_error(result, *fragments: str) -> None:
     ([], ["--unit LAYER:INDEX", "--find"]),
     (["--find", "quote", "--top", "0"], ["--top"]),
     (["--unit", "0:0", "--html", "no/such/dir/p.html"], ["--html", "no/such/dir"]),
+    (["--unit", "0:0", "--html", "p.html", "--max-chars", "0"], ["--html p.html with --max-chars 0"]),
+    (["--find", "regex:a{4294967296}"], ["--find regex", "repeat count is too large"]),
+    (["--find", "regex:" + "(" * 2000 + ")" * 2000], ["--find regex", "nests too deeply"]),
 ])
 def test_bad_options_are_one_line_usage_errors(models, args, fragments):
     write(Path("t.txt"), "if x\n")

@@ -110,6 +110,9 @@ def parse(spec: str) -> Callable[[str], np.ndarray]:
             return functools.partial(regex, pattern=re.compile(pattern))
         except re.error as e:
             raise UsageError(f"--find {spec!r}: bad regular expression: {e}") from None
+        except (OverflowError, RecursionError) as e:  # a repeat count past 2**32 - 1; thousands of nested groups
+            why = "a repeat count is too large" if isinstance(e, OverflowError) else "it nests too deeply"
+            raise UsageError(f"--find regex: the pattern cannot be compiled: {why}; simplify it") from None
     if spec not in SIGNALS:
         raise UsageError(f"--find {spec!r}: unknown predicate; known: {KNOWN}")
     return SIGNALS[spec]

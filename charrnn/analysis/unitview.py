@@ -163,6 +163,9 @@ def cells(*, source: str, checkpoint: Path | None, unit: list[str], state: str |
         raise UsageError("name a unit with --unit LAYER:INDEX (e.g. --unit 0:0), or let --find PREDICATE pick one")
     if page is not None and not page.parent.is_dir():
         raise UsageError(f"--html {page}: no directory {page.parent}")
+    if page is not None and max_chars == 0:
+        raise UsageError(f"--html {page} with --max-chars 0 would show no characters; give --max-chars N > 0, or "
+                         "leave out --html for the --find table alone")
     model, vocab, meta, device, _ = load_chosen(checkpoint, device_name, "fp32", "reading")
     states, chosen = units.states_of(model, state), units.check_units(model, pairs, state)
     name, text, _ = read_text(source)
