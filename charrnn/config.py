@@ -208,8 +208,9 @@ FIELD_TYPE_TEXT = {f.name: f.type for c in (ModelConfig, TrainConfig) for f in d
 FIELD_TYPES = {name: text.split(" |")[0] for name, text in FIELD_TYPE_TEXT.items()}
 BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",
-             "max_nonfinite", "device", "precision"}  # may change on --resume without breaking exact continuation
-# (precision only to a value that resolves to the run's own: see training/session.choose_precision)
+             "max_nonfinite", "device", "precision"}  # may change on --resume: the budgets and intervals without
+# breaking exact continuation; the device and precision too, but a resume is bit-identical only on the same ones
+# (training/session.choose_precision says so). --threads is not stored at all: see the README on bit-identity.
 
 
 def build(given: dict) -> tuple[ModelConfig, TrainConfig]:

@@ -58,7 +58,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix products run natively (faster than fp32): CUDA GPUs that support bf16, CPUs with
     avx512_bf16 or amx_bf16. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)  # emulated bf16 is slower than fp32
     return device.type == "cpu" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 

@@ -62,3 +62,34 @@ def test_threads_set_torchs_thread_count(corpus, monkeypatch):
     assert cli("sample", "-n", "5", "--threads", "1").exit_code == 0
     assert cli("score", corpus, "--threads", "3").exit_code == 0
     assert seen == [1, 3]
+
+
+def test_a_resume_may_change_precision_and_says_so(corpus, monkeypatch):
+    """A run trained in bf16 continues on a machine without native bf16 (faked here) in fp32, with a line that
+    says so; --precision fp32 on resume is such a change too. Neither is refused."""
+    import charrnn.device
+
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: True)  # bf16 is allowed (and real here)
+    train_tiny(corpus, "--precision", "bf16", steps=3)
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: False)  # another machine
+    again = cli("train", corpus, *TINY, "--max-steps", "5", "--eval-every", "3", "--resume")
+    assert again.exit_code == 0, again.stderr
+    assert "checkpoints/tiny trained in bf16; it continues in fp32 on cpu" in again.stderr
+    assert ", fp32, " in again.stderr and checkpoint.load(Path("checkpoints/tiny/last.safetensors"))[1]["train"][
+        "precision"] == "fp32"
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: True)
+    back = cli("train", corpus, *TINY, "--max-steps", "7", "--eval-every", "3", "--resume", "--precision", "bf16")
+    assert back.exit_code == 0 and "trained in fp32; it continues in bf16" in back.stderr, back.stderr
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: False)
+    refused = cli("train", corpus, *TINY, "--max-steps", "9", "--resume", "--precision", "bf16")  # asked for
+    assert refused.exit_code == 2 and "needs avx512_bf16 or amx_bf16" in refused.stderr
+
+
+def test_cuda_bf16_counts_only_native_support(monkeypatch):
+    """torch.cuda.is_bf16_supported() counts emulation unless told not to; auto must not pick emulated bf16."""
+    from charrnn import device
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: asked.append(kw) or False)
+    assert device.native_bf16(torch.device("cuda")) is False
+    assert asked == [{"including_emulation": False}]

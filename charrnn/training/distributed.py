@@ -149,7 +149,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     given, name = session.prepare(inputs, run, config_file, flags, threads)
     directory, tensors, meta, model_cfg, cfg = session.settings(inputs, out, name, given, resume)
     device = place.device(cfg.device)
-    session.choose_precision(cfg, meta, device, directory)
+    session.choose_precision(cfg, meta, device, directory, "precision" in given)
     place.check_batch(cfg.batch_size, resume, directory)
     group = Group(place, device)
     held, trainer = None, None

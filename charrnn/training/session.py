@@ -38,7 +38,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     given, name = prepare(inputs, run, config_file, flags, threads)
     directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
     device = devices.pick(cfg.device)
-    choose_precision(cfg, meta, device, directory)
+    choose_precision(cfg, meta, device, directory, "precision" in given)
     held = rundir.claim(directory, force, resume)
     try:
         with abort_on_signals():
@@ -78,12 +78,21 @@ def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool)
     return directory, tensors, meta, model_cfg, cfg
 
 
-def choose_precision(cfg: TrainConfig, meta: dict | None, device: torch.device, directory: Path) -> None:
-    """Resolve --precision on the device; the run stores what auto chose and resume keeps it."""
-    cfg.precision = devices.precision(cfg.precision, device)
-    if meta and cfg.precision != meta["train"].get("precision", cfg.precision):
-        raise UsageError(f"{directory} trains in {meta['train']['precision']} and resume keeps it; leave out "
-                         "--precision")
+def choose_precision(cfg: TrainConfig, meta: dict | None, device: torch.device, directory: Path,
+                     asked: bool) -> None:
+    """Resolve --precision on the device; the run stores what auto chose. A resume keeps the run's precision where
+    it runs, and may change it like the device (--precision, or a machine without native bf16), saying so: a
+    resume is bit-identical only on the same device and precision. asked: --precision was given."""
+    stored = meta["train"].get("precision") if meta else None
+    try:
+        cfg.precision = devices.precision(cfg.precision, device)
+    except UsageError:
+        if asked or not meta:  # asked for by a flag: refused as on a new run
+            raise
+        cfg.precision = devices.precision("auto", device)  # the run's own, which this machine cannot run
+    if stored and cfg.precision != stored:
+        info(f"{directory} trained in {stored}; it continues in {cfg.precision} on {device} (a resume is "
+             "bit-identical only on the same device and precision)")
 
 
 def refuse_checkpoints(inputs: list[str]) -> None:
