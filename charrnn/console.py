@@ -12,8 +12,6 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from charrnn.launch import launched
-
 
 class Stderr(io.TextIOBase):
     """sys.stderr (looked up at each write, as tests swap it) that falls silent once its reader has gone
@@ -46,7 +44,7 @@ class Stderr(io.TextIOBase):
         return getattr(self.target(), "encoding", None) or "utf-8"
 
 
-console = Console(file=Stderr(), highlight=False, quiet=launched() and os.environ["RANK"] != "0")  # rank 0 speaks
+console = Console(file=Stderr(), highlight=False)  # quiet on ranks other than 0 of a distributed train
 LN2 = math.log(2)
 
 

@@ -208,3 +208,23 @@ def test_plain_training_never_loads_the_distributed_module(corpus):
     result = subprocess.run([sys.executable, "-c", code, "train", str(corpus), *TINY, "--max-steps", "2"],
                             capture_output=True, timeout=300, env=ENV)
     assert result.returncode == 0 and result.stdout == b"plain\n", result.stderr.decode()
+
+
+def test_only_train_is_distributed_other_commands_ignore_torchruns_variables(corpus):
+    """A charrnn called from inside a torchrun worker inherits RANK, WORLD_SIZE and LOCAL_RANK: sample, score and
+    info ignore them and speak as usual."""
+    env = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}
+    missing = subprocess.run([sys.executable, "-m", "charrnn", "sample", "-c", "missing"], capture_output=True,
+                             env=env, timeout=60)
+    assert missing.returncode == 1 and b"no checkpoint at missing" in missing.stderr
+
+
+def test_an_error_before_the_group_forms_is_said_by_the_first_process_of_another_node(corpus):
+    """Rank 1, the first process of a second node, meets a bad flag before the process group forms: it says so in
+    one line, so a node is never silent (on rank 0's node rank 0 alone speaks: see the test above)."""
+    env = {**ENV, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    bad = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), *ARGS, "--batch-size", "3"],
+                         capture_output=True, env=env, timeout=60)
+    lines = bad.stderr.decode().strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "Traceback" not in lines[0]
+    assert "--batch-size 3 cannot be split evenly over 2 processes" in lines[0]

@@ -141,8 +141,11 @@ def rank_seed(seed: int, rank: int) -> int:
 
 def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
           flags: dict, force: bool, resume: bool, threads: int | None) -> None:
-    """session.train for one process of a torchrun launch."""
+    """session.train for one process of a torchrun launch. Rank 0 speaks. Before the process group forms, the first
+    process of every other node also says why it fails (every process checks the same flags, so one per node is
+    enough, and a node whose corpus is missing is not silent); later, the first process to fail says why."""
     place = Place()
+    console.quiet = place.rank != 0 and place.local_rank != 0
     if "-" in inputs:
         raise UsageError("stdin cannot be the corpus of a distributed run (every process reads the corpus); save "
                          "it to a file and train on that")
@@ -152,6 +155,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     session.choose_precision(cfg, meta, device, directory, "precision" in given)
     place.check_batch(cfg.batch_size, resume, directory)
     group = Group(place, device)
+    console.quiet = place.rank != 0  # from here on, the first process to fail says why (Group.agreed)
     held, trainer = None, None
     try:
         with group.agreed():
@@ -173,6 +177,12 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
         info(f"distributed: {place.world} processes ({dist.get_backend()}), {cfg.batch_size // place.world} of the "
              f"{cfg.batch_size} streams each")
         steps(trainer, text, directory, inputs)
+    except RuntimeError as e:  # a collective of the setup failed: another process died or stopped answering
+        if held is not None:
+            rundir.release(held)
+        if not lost(e):
+            raise
+        raise failure(e, group, directory, inputs) from None
     except BaseException:
         if held is not None:
             rundir.release(held)

@@ -61,8 +61,13 @@ class Group:
         self.place, self.device = place, device
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
-                                device_id=device if device.type == "cuda" else None)
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                                    device_id=device if device.type == "cuda" else None)
+        except (RuntimeError, ValueError) as e:  # the rendezvous failed: a store that does not answer, a timeout
+            cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CharrnnError(f"cannot join the process group of this torchrun launch (rank {place.rank} of "
+                               f"{place.world}): {cause[:200]}; start every process again") from None
 
     def gather(self, t: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's t (same shape on each), in rank order, on the CPU."""
