@@ -160,7 +160,8 @@ def fits(value) -> bool:
 def shown(value) -> str:
     """A value for an error message: as Python writes it, but a huge integer by its size (its digits could be
     thousands, more than str() even writes)."""
-    return f"an integer of {value.bit_length():,} bits" if isinstance(value, int) and not fits(value) else repr(value)
+    huge = isinstance(value, int) and value.bit_length() > 256  # over 77 digits
+    return f"an integer of {value.bit_length():,} bits" if huge else repr(value)
 
 
 def typed(data: dict, keys: set[str], label: Callable[[str], str], error: type[Exception] = UsageError) -> dict:

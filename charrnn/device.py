@@ -77,3 +77,17 @@ def autocast(device: torch.device, precision: str = "fp32"):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on device: the GPU's free memory, or the system's MemAvailable; None
+    where that cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return None

@@ -42,13 +42,13 @@ def write_stream(chunks: Iterable[str]) -> None:
     stdout_open()
     out = sys.stdout
     out.reconfigure(encoding="utf-8", errors="strict")
-    try:
-        for chunk in chunks:
+    for chunk in chunks:  # an error while making a chunk is the maker's, and goes up as it is
+        try:
             out.write(chunk)
             out.flush()
-    except OSError as e:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # drop what is buffered: no error at exit
-        if isinstance(e, BrokenPipeError):
-            return
-        raise CharrnnError(f"cannot write to stdout: {e.strerror}; free some space or send the output "
-                           "elsewhere") from None
+        except OSError as e:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # drop what is buffered: no error at exit
+            if isinstance(e, BrokenPipeError):
+                return
+            raise CharrnnError(f"cannot write to stdout: {e.strerror}; free some space or send the output "
+                               "elsewhere") from None

@@ -59,3 +59,30 @@ def test_a_python_random_state_with_a_negative_word_is_refused_on_resume(run_dir
     refusal(result.exit_code, result.stdout, result.stderr, "last.safetensors cannot be resumed from",
             only_line=False)
     assert snapshot(run_dir) == before
+
+
+LONG = "x" * 300  # one path component longer than any file system takes
+
+
+@pytest.mark.parametrize("args", [["info", LONG], ["plot", LONG], ["train", LONG, *TINY], ["sample", LONG],
+                                  ["cells", "tiny.txt", "-c", LONG, "--unit", "0:0"], ["score", LONG],
+                                  ["train", "tiny.txt", *TINY, "--run", LONG], ["train", "tiny.txt", *TINY, "--out",
+                                                                               LONG], ["corpus", "get", "python",
+                                                                                       "-o", LONG]])
+def test_a_path_name_too_long_is_one_line_naming_it(run_dir, args):  # noqa: F811
+    result = cli(*args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code in (1, 2) and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert LONG in lines[0] and "too long" in lines[0].lower(), lines[0]
+    assert "stdout" not in lines[0]  # the path is to blame, not the output
+
+
+def test_memory_is_estimated_before_the_run_is_replaced(run_dir, monkeypatch):  # noqa: F811
+    import charrnn.device
+
+    monkeypatch.setattr(charrnn.device, "available_memory", lambda device: 1000)  # a machine with 1 kB free
+    before = snapshot(run_dir)
+    result = cli("train", "tiny.txt", *TINY, "--max-steps", "2", "--force")
+    refusal(result.exit_code, result.stdout, result.stderr, "needs about", "more than the 0.0 GB available on cpu",
+            "lower --batch-size or --seq-len", only_line=False)
+    assert snapshot(run_dir) == before

@@ -210,3 +210,28 @@ def test_missing_file_and_checkpoint_are_errors(run_dir, tmp_path):
     assert result.exit_code == 1 and "no checkpoint" in result.stderr
     result = cli("score", input="ab cd")  # no runs under ./checkpoints
     assert result.exit_code == 1 and "train one first" in result.stderr
+
+
+def test_a_long_line_is_scored_in_chunks_with_the_state_carried(run_dir, monkeypatch):
+    """A line of any length is scored in LINE_CHUNK pieces (bounded memory); chunks of 7 give what one pass gives
+    (3,001 characters scored: the line and its newline, after a newline)."""
+    import charrnn.analysis.score as scoring
+
+    Path("long.txt").write_text(TEXT[:3000].replace("\n", " ") + "\n", encoding="utf-8")
+    whole = cli("score", "long.txt", "-c", run_dir, "--per-line", "--json", "--precision", "fp32")
+    monkeypatch.setattr(scoring, "LINE_CHUNK", 7)
+    chunked = cli("score", "long.txt", "-c", run_dir, "--per-line", "--json", "--precision", "fp32")
+    a, b = json.loads(whole.stdout), json.loads(chunked.stdout)
+    assert a["scored"] == b["scored"] == 3001 and a["bits_per_char"] == pytest.approx(b["bits_per_char"], abs=1e-5)
+
+
+def test_spooling_stdin_past_a_file_size_limit_is_one_line(tmp_path):
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "train", "-", "--out", str(tmp_path / "c")],
+                          input=b"abc\n" * 10000, capture_output=True, preexec_fn=limit, timeout=120)
+    assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr.decode()
+    assert b"cannot keep stdin in" in proc.stderr and b"File too large" in proc.stderr

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +25,7 @@ from charrnn.model.files import load_chosen
 from charrnn.model.rnn import CharRNN
 
 LN2 = math.log(2)
+LINE_CHUNK = 4096  # characters of a line fed per forward pass: bounds the (1, T, V) logits of a very long line
 
 
 @dataclass
@@ -92,17 +94,21 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
     newline = vocab.index.get("\n")
     for line in lines:
         kept, unknown = drop_unknown(vocab, line)
-        ids = ([newline] if newline is not None else []) + vocab.encode(kept).tolist()
+        ids = torch.from_numpy(vocab.encode(kept).astype(np.int64))  # (n,)
+        if newline is not None:
+            ids = torch.cat([torch.tensor([newline]), ids])  # (n + 1,): as if after a newline
         text = line[:-1] if line.endswith("\n") else line
         if len(ids) < 2:
             yield LineScore(math.nan, 0, text, unknown, len(line) - len(kept))
             continue
-        x = torch.tensor([ids[:-1]], device=device)  # (1, T)
-        y = torch.tensor(ids[1:], device=device)  # (T,)
-        with autocast(device, precision):
-            logits, _ = model(x)  # (1, T, V)
-        nats = F.cross_entropy(logits[0].float(), y, reduction="mean").item()
-        yield LineScore(nats / LN2, len(y), text, unknown, len(line) - len(kept))
+        total, state = 0.0, None
+        for t in range(0, len(ids) - 1, LINE_CHUNK):  # a line of any length in bounded memory, state carried
+            end = min(t + LINE_CHUNK, len(ids) - 1)
+            x, y = ids[None, t:end].to(device), ids[t + 1 : end + 1].to(device)  # (1, T) inputs, (T,) targets
+            with autocast(device, precision):
+                logits, state = model(x, state)  # (1, <=LINE_CHUNK, V)
+            total += F.cross_entropy(logits[0].float(), y, reduction="sum").item()
+        yield LineScore(total / (len(ids) - 1) / LN2, len(ids) - 1, text, unknown, len(line) - len(kept))
 
 
 def score(*, source: str, checkpoint: Path | None, device_name: str, precision: str, as_json: bool, errors: str,

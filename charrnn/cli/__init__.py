@@ -20,7 +20,7 @@ import typer
 
 from charrnn import __version__
 from charrnn import config as settings
-from charrnn.console import error
+from charrnn.console import error, printable
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.streams import fill_closed_streams, write_stream
 
@@ -74,6 +74,12 @@ def reports_errors(command):
             if str(e):
                 error(str(e))
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a path the user named that the system refuses (too long, a loop, no permission)
+            error(f"{printable(str(e.filename)) + ': ' if e.filename else ''}{e.strerror or e}")
+            raise typer.Exit(1) from None
+        except MemoryError:
+            error("out of memory; try smaller settings (--batch-size, --seq-len, --num-samples) or a shorter text")
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:  # Ctrl-C: quietly, exit 130 (train handles its own signals)
             with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: stdout closed
                 sys.stdout.flush()

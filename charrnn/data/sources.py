@@ -91,6 +91,10 @@ def spool_stdin(directory: Path) -> Path:
         with os.fdopen(fd, "wb") as f:
             while chunk := stdin.read(SPOOL_CHUNK):
                 f.write(chunk)
+    except OSError as e:  # a full disk, a file size limit (ulimit -f)
+        path.unlink(missing_ok=True)
+        raise CharrnnError(f"cannot keep stdin in {directory}: {e.strerror}; free some space or choose another "
+                           "--out") from None
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -23,7 +23,7 @@ from charrnn.console import console, info, warn
 from charrnn.data import corpus
 from charrnn.errors import CharrnnError, Interrupted, UsageError
 from charrnn.model.evaluate import evaluate_sums
-from charrnn.training import rundir, session
+from charrnn.training import rundir, session, stops
 from charrnn.training.group import Group, Place, quiet
 from charrnn.training.trainer import NonFiniteError, Trainer
 
@@ -160,7 +160,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     try:
         with group.agreed():
             held = rundir.claim(directory, force, resume) if place.rank == 0 else None
-        with session.abort_on_signals():
+        with stops.abort_on_signals():
             text = None
             for turn in (place.rank == 0, place.rank != 0):  # rank 0 builds the id cache; then the others read it
                 with group.agreed():
@@ -210,7 +210,7 @@ def steps(trainer: DistTrainer, text: corpus.Corpus, directory: Path, inputs: li
     def hold(sig, frame):  # outside stop_on_signals, for the rest of the process: once one process has failed,
         trainer.request_stop(sig)  # torchrun signals the others, which must still say why
 
-    for s in session.STOPS:
+    for s in stops.STOPS:
         signal.signal(s, hold)
     try:
         if place.rank == 0:
@@ -248,7 +248,7 @@ def lost(e: RuntimeError) -> bool:
 
 def follow(trainer: DistTrainer) -> None:
     """A rank other than 0: train in step with rank 0, silently; a stop agreed on ends with its signal's code."""
-    with session.stop_on_signals(trainer):
+    with stops.stop_on_signals(trainer):
         try:
             trainer.run()
         except NonFiniteError as e:  # every rank sees the same mean loss: rank 0 says it

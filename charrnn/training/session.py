@@ -7,7 +7,6 @@ these pieces; nothing here knows of it.
 
 from __future__ import annotations
 
-import contextlib
 import shlex
 import signal
 from pathlib import Path
@@ -24,12 +23,12 @@ from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageErro
 from charrnn.generation.sample import generate
 from charrnn.model import files
 from charrnn.model.files import LAST
-from charrnn.model.rnn import CharRNN, num_params
+from charrnn.model.rnn import CELLS, CharRNN, num_params
 from charrnn.training import rundir
+from charrnn.training.stops import abort_on_signals, stop_on_signals
 from charrnn.training.trainer import NonFiniteError, Trainer
 
 MAX_CHARS = 1 << 50  # the largest corpus check_size considers (a petabyte of text)
-STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal or ssh session closed
 
 
 def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
@@ -173,11 +172,25 @@ def build_model(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, d
     if size > MAX_PARAMS:
         raise UsageError(f"a {size:,}-parameter model is too large (at most {MAX_PARAMS:,}); lower --hidden-size, "
                          "--num-layers or --embed-size")
+    need, free = step_bytes(model_cfg, cfg, size), devices.available_memory(device)
+    if free is not None and need > free:  # found before a forced-over run is removed, not midway through a step
+        raise CharrnnError(f"a training step of --batch-size {cfg.batch_size} --seq-len {cfg.seq_len} on this model "
+                           f"needs about {need / 1e9:,.1f} GB of memory, more than the {free / 1e9:,.1f} GB available "
+                           f"on {device}; lower --batch-size or --seq-len")
     try:
         return CharRNN(model_cfg).to(device)
     except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
         raise CharrnnError(f"a {size:,}-parameter model does not fit in memory on {device}; lower --hidden-size, "
                            "--num-layers or --embed-size") from None
+
+
+def step_bytes(model_cfg: ModelConfig, cfg: TrainConfig, params: int) -> int:
+    """A training step's memory, roughly and on the low side: per character of the (B, T) window, the embedding,
+    every layer's gates and outputs kept for the backward pass (twice: values and gradients) and the logits
+    three times (logits, their fp32 copy, the softmax's gradient); plus weights, gradients and AdamW's moments."""
+    per_char = (model_cfg.embed_size + 2 * model_cfg.num_layers * model_cfg.hidden_size
+                * (CELLS[model_cfg.cell].gates + 1) + 3 * model_cfg.vocab_size)
+    return 4 * (cfg.batch_size * cfg.seq_len * per_char + 4 * params)
 
 
 def splits(text: corpus.Corpus, cfg: TrainConfig) -> tuple[Streams, Streams]:
@@ -227,6 +240,11 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
             p = trainer.run()
         except NonFiniteError as e:
             raise CharrnnError(f"{e}; {recorder.last_good()}") from None
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError | torch.OutOfMemoryError) and "allocate memory" not in str(e):
+                raise
+            raise CharrnnError(f"out of memory at step {trainer.progress.step + 1}; {recorder.last_good()}; lower "
+                               "--batch-size or --seq-len") from None
         except KeyboardInterrupt:
             raise Interrupted(130, f"aborted by a second Ctrl-C; {recorder.last_good()}") from None
     if received or trainer.stop_signal:  # the signal this process received, or (distributed) another's
@@ -249,38 +267,3 @@ def preview(trainer: Trainer, vocab) -> str:
     text = "".join(generate(trainer.model, vocab, "", 200, 0.8, trainer.cfg.seed, trainer.device))
     trainer.model.train()
     return text
-
-
-@contextlib.contextmanager
-def abort_on_signals():
-    """Before training starts, SIGINT/SIGTERM/SIGHUP end the command at once (temporary files are removed on the way
-    out); nothing has been saved yet."""
-    def handler(sig, frame):
-        raise Interrupted(128 + sig, f"stopped by {signal.Signals(sig).name} before training began; nothing saved")
-
-    previous = {s: signal.signal(s, handler) for s in STOPS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer):
-    """SIGINT/SIGTERM/SIGHUP ask the trainer to stop at the next step boundary (it then saves);
-    a second SIGINT aborts at once. Yields the list of signals received."""
-    received: list[int] = []
-
-    def handler(sig, frame):
-        if received and sig == signal.SIGINT:
-            raise KeyboardInterrupt
-        received.append(sig)
-        trainer.request_stop(sig)
-
-    previous = {s: signal.signal(s, handler) for s in STOPS}
-    try:
-        yield received
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
