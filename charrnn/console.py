@@ -49,11 +49,12 @@ LN2 = math.log(2)
 
 
 def error(message: str) -> None:
-    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    """One line, whatever the message quotes (a flag's value with a line separator or a terminal escape in it)."""
+    console.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/] {escape(printable(message))}", soft_wrap=True)
 
 
 def info(message: str) -> None:

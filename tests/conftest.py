@@ -10,9 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
 from typer.testing import CliRunner
 
 from charrnn.cli import app
+
+# Property tests draw the same examples on every run, so CI cannot fail on a draw of its own; look for new ones
+# with: pytest --hypothesis-profile explore
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
 
 torch.set_num_threads(1)  # the suite runs on 2 cores; tiny models gain nothing from more threads
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"

@@ -41,6 +41,8 @@ def check_meta(path: Path, meta: dict) -> None:
             return f"{path}: {section}.{key}"
 
         config.typed(meta[section], keys, label, CheckpointError)
+        if section == "model" and (missing := sorted(keys - meta[section].keys())):  # every file has them all
+            raise bad(f"model.{missing[0]} is missing")
         config.check(meta[section], label, error=CheckpointError)
     vocab = meta["vocab"]
     if not all(isinstance(c, str) and len(c) == 1 for c in vocab) or len(set(vocab)) != len(vocab):
@@ -50,7 +52,7 @@ def check_meta(path: Path, meta: dict) -> None:
                   "outputs")
     p = meta["progress"]
     for key, kind in PROGRESS.items():
-        if not isinstance(p.get(key), kind) or isinstance(p[key], bool) or (p[key] is not None and not (
+        if key not in p or not isinstance(p[key], kind) or isinstance(p[key], bool) or (p[key] is not None and not (
                 0 <= p[key] < math.inf and config.fits(p[key]))):
             raise bad(f"progress.{key} is missing or not a number >= 0")
     epoch = meta.get("epoch", 0)
