@@ -118,3 +118,17 @@ def test_training_on_a_project_folder_skips_its_own_runs_and_names_a_changed_fil
     Path("src/b.txt").write_text("changed\n" * 300, encoding="utf-8")
     changed = cli("train", ".", *TINY, "--max-steps", "8", "--run", "p", "--resume")
     one_line_error(changed, "is not the corpus this run was trained on", "changed: src/b.txt")
+
+
+def test_running_out_of_memory_midway_is_one_line_naming_the_last_checkpoint(corpus, monkeypatch):
+    step = Trainer.step
+
+    def allocation_fails(self):
+        if self.progress.step == 5:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "step", allocation_fails)
+    result = cli("train", corpus, *TINY, "--max-steps", "20", "--eval-every", "4")
+    one_line_error(result, "out of memory at step 6", "the last good checkpoint is checkpoints/tiny/last.safetensors "
+                   "(step 4)", "lower --batch-size or --seq-len")
