@@ -91,3 +91,23 @@ def train_tiny(corpus: Path, *extra: str, steps: int = 6):
     result = cli("train", corpus, *TINY, "--max-steps", str(steps), "--eval-every", "3", *extra)
     assert result.exit_code == 0, result.stderr
     return result
+
+
+def nan_losses(when):
+    """A replacement for Trainer.step whose loss is NaN (as in a diverged run) at the steps for which
+    when(steps already taken) is true; install it with monkeypatch.setattr(Trainer, "step", ...)."""
+    from charrnn.training.trainer import Trainer
+
+    step = Trainer.step
+
+    def poisoned(self):
+        if not when(self.progress.step):
+            return step(self)
+        forward = self.model.forward
+        self.model.forward = lambda x, s: (lambda out: (out[0] * float("nan"), out[1]))(forward(x, s))
+        try:
+            return step(self)
+        finally:
+            del self.model.forward
+
+    return poisoned

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, cli, train_tiny
+from conftest import TINY, cli, nan_losses, train_tiny
 
 from charrnn import atomic
 from charrnn.model import files as checkpoint
@@ -56,19 +56,7 @@ def test_read_only_output_directory(corpus, tmp_path):
 
 def test_nonfinite_steps_are_skipped_then_training_stops(corpus, monkeypatch):
     """From step 4 every training loss is NaN (as in a diverged run): steps are skipped, then a clear error."""
-    step = Trainer.step
-
-    def diverging(self):
-        if self.progress.step >= 4:
-            forward = self.model.forward
-            self.model.forward = lambda x, s: (lambda out: (out[0] * float("nan"), out[1]))(forward(x, s))
-            try:
-                return step(self)
-            finally:
-                del self.model.forward
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "step", diverging)
+    monkeypatch.setattr(Trainer, "step", nan_losses(lambda taken: taken >= 4))
     result = cli("train", corpus, *TINY, "--max-steps", "50", "--eval-every", "2")
     assert result.exit_code == 1
     assert "5 steps in a row had a non-finite loss" in result.stderr

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, cli
+from conftest import TINY, cli, nan_losses
 from test_kill import Stderr, procs  # noqa: F401
 
 from charrnn.training.trainer import Trainer
@@ -25,19 +25,7 @@ def one_line_error(result, *fragments: str) -> str:
 
 
 def test_non_finite_losses_are_written_as_null_and_plotted_around(corpus, monkeypatch):
-    step = Trainer.step
-
-    def bad_steps(self):  # steps 3 and 4 see a non-finite loss and are skipped
-        if self.progress.step in (2, 3):
-            forward = self.model.forward
-            self.model.forward = lambda x, s: (lambda out: (out[0] * float("nan"), out[1]))(forward(x, s))
-            try:
-                return step(self)
-            finally:
-                del self.model.forward
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "step", bad_steps)
+    monkeypatch.setattr(Trainer, "step", nan_losses(lambda taken: taken in (2, 3)))  # steps 3, 4: skipped
     result = cli("train", corpus, *TINY, "--max-steps", "8", "--log-every", "1", "--eval-every", "4")
     assert result.exit_code == 0, result.stderr
     text = Path("checkpoints/tiny/metrics.jsonl").read_text()
