@@ -11,6 +11,7 @@ import torch
 
 from charrnn.config import check, flag
 from charrnn.errors import UsageError
+from charrnn.launch import launched
 
 
 def pick(name: str = "auto") -> torch.device:
@@ -32,8 +33,11 @@ def available_cores() -> int:
 
 
 def set_threads(n: int | None) -> int:
-    """--threads: torch's intra-op threads; None = the cores available to the process, shared out among the
-    processes torchrun started on this machine (LOCAL_WORLD_SIZE)."""
+    """--threads: torch's intra-op threads; None = the user's OMP_NUM_THREADS if set (but under torchrun, which
+    sets it to 1 itself), else the cores available to the process, shared out among the processes torchrun
+    started on this machine (LOCAL_WORLD_SIZE)."""
+    if n is None and not launched() and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = int(os.environ["OMP_NUM_THREADS"])
     n = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if n is None else n
     check({"threads": n}, flag)
     torch.set_num_threads(n)
@@ -62,10 +66,12 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def precision(name: str, device: torch.device) -> str:
-    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16; auto is bf16 where it is native."""
+def precision(name: str, device: torch.device, path: str = "train") -> str:
+    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path. auto: for training and
+    scoring, bf16 where it is native; for sampling fp32 everywhere, so the fused step runs (one character at a
+    time reads every weight once: autocast would re-cast them per character, 2 to 5 times slower)."""
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if path != "sample" and native_bf16(device) else "fp32"
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):  # oneDNN's fused LSTM refuses it
         raise UsageError("--precision bf16 on the CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use "
                          "--precision fp32 (or auto)")

@@ -93,3 +93,34 @@ def test_cuda_bf16_counts_only_native_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **kw: asked.append(kw) or False)
     assert device.native_bf16(torch.device("cuda")) is False
     assert asked == [{"including_emulation": False}]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_picks_per_path_and_sampling_takes_the_fused_fp32_step(corpus, monkeypatch, native):
+    """auto: bf16 for training where it is native, fp32 for sampling everywhere (the fused step; autocast per
+    character is slower); an explicit --precision is obeyed. Both answers of the hardware, faked."""
+    import charrnn.device
+    from charrnn.model.steps import FusedStep
+
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: native)
+    cpu = torch.device("cpu")
+    assert charrnn.device.precision("auto", cpu) == ("bf16" if native else "fp32")
+    assert charrnn.device.precision("auto", cpu, "sample") == "fp32"
+    assert charrnn.device.precision("fp32", cpu, "train") == "fp32"
+    train_tiny(corpus, "--precision", "fp32")
+    calls = []
+    step = FusedStep.__call__
+    monkeypatch.setattr(FusedStep, "__call__", lambda self, ids: calls.append(1) or step(self, ids))
+    result = cli("sample", "-n", "30", "--seed", "1")  # --precision auto
+    assert result.exit_code == 0 and len(calls) == 29
+
+
+def test_omp_num_threads_set_by_the_user_is_obeyed(corpus):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--max-steps", "1"],
+                          capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0 and b", 1 threads" in proc.stderr, proc.stderr.decode()

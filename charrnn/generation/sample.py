@@ -174,7 +174,7 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
                 prime: str, prime_file: Path | None) -> Iterator[str]:
     """`charrnn sample`: the text of cfg.num_samples samples, each the prime then its continuation, separated."""
     cfg.prime = read_prime(prime, prime_file)
-    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from")
+    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample")
     unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")

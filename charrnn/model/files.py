@@ -219,11 +219,12 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     return model.to(device).eval(), vocab, meta
 
 
-def load_chosen(target: Path | None, device_name: str, precision: str, verb: str):
+def load_chosen(target: Path | None, device_name: str, precision: str, verb: str, path: str = "train"):
     """(model, vocab, meta, device, precision) of the checkpoint the user named (find_checkpoint), the device and
-    precision checked first; says at a terminal which file, unless a file was named."""
+    precision (for path: device.precision) checked first; says at a terminal which file, unless a file was
+    named."""
     device = devices.pick(device_name)
-    precision = devices.precision(precision, device)
+    precision = devices.precision(precision, device, path)
     path = find_checkpoint(target)
     model, vocab, meta = load_model(path, device)
     if target is None or target.is_dir():
