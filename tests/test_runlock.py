@@ -13,6 +13,8 @@ from pathlib import Path
 from conftest import TINY, cli
 from test_kill import Stderr, procs  # noqa: F401  (procs: a fixture that kills what a test started)
 
+from charrnn.model import files
+
 RUN = Path("checkpoints") / "busy"
 
 
@@ -47,7 +49,8 @@ def test_a_second_writer_is_refused_while_a_run_trains(corpus, procs):  # noqa: 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert not (RUN / ".lock").exists()  # freed with the run
-    assert cli("train", corpus, *TINY, "--run", "busy", "--max-steps", "20", "--resume").exit_code == 0
+    step = files.saved_step(RUN / "last.safetensors")  # where the signal stopped it (the step lines lag)
+    assert cli("train", corpus, *TINY, "--run", "busy", "--max-steps", str(step + 3), "--resume").exit_code == 0
 
 
 def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, procs):  # noqa: F811
@@ -56,7 +59,8 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(corpus, procs):  # noqa: F811
     proc.kill()  # SIGKILL: no chance to free anything
     proc.wait()
     assert (RUN / ".lock").exists()
-    result = cli("train", corpus, *TINY, "--run", "busy", "--max-steps", "40", "--resume")
+    step = files.saved_step(RUN / "last.safetensors")
+    result = cli("train", corpus, *TINY, "--run", "busy", "--max-steps", str(step + 3), "--resume")
     assert result.exit_code == 0, result.stderr
     assert not (RUN / ".lock").exists()
 
