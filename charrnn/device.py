@@ -9,6 +9,7 @@ import random
 
 import torch
 
+from charrnn import cores
 from charrnn.config import check, flag
 from charrnn.errors import UsageError
 from charrnn.launch import launched
@@ -35,13 +36,14 @@ def available_cores() -> int:
 def set_threads(n: int | None) -> int:
     """--threads: torch's intra-op threads; None = the user's OMP_NUM_THREADS if set (but under torchrun, which
     sets it to 1 itself), else the cores available to the process, shared out among the processes torchrun
-    started on this machine (LOCAL_WORLD_SIZE)."""
+    started on this machine (LOCAL_WORLD_SIZE). Only that last default adapts to other processes' load (cores.py)
+    and only outside torchrun, whose processes share the cores out already."""
     if n is None and not launched() and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         n = int(os.environ["OMP_NUM_THREADS"])
+    adapt = n is None and not launched()
     n = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if n is None else n
     check({"threads": n}, flag)
-    torch.set_num_threads(n)
-    return n
+    return cores.start(n, adapt)
 
 
 def seed_all(seed: int) -> None:
@@ -66,12 +68,26 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def precision(name: str, device: torch.device, path: str = "train") -> str:
-    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path. auto: for training and
-    scoring, bf16 where it is native; for sampling fp32 everywhere, so the fused step runs (one character at a
-    time reads every weight once: autocast would re-cast them per character, 2 to 5 times slower)."""
+# Where --precision auto trains (and scores) in bf16: per device type, the cells and their smallest hidden size
+# for which bf16 was measured both faster than fp32 and as good at equal wall time (bench/quality.log and
+# bench/speed.log, 2026-12-04, Intel Xeon with AMX, 1.5-minute runs): the LSTM 2x256 ran 1.57x faster and reached
+# 1.4662 nats against 1.5027, the 2x512 1.95x and 1.4879 against 1.6143. The default GRU 2x256 gained 6% and lost
+# 0.015 nats over 5 minutes, the GRU 2x512 lost 0.47, the vanilla RNN 2x512 0.48 after 300 steps: fp32 for those
+# (their loss comes from training in bf16; a forward pass in bf16 scores as fp32 does). On CUDA (not measured
+# here) bf16 stays for the gated cells.
+BF16_FROM = {"cpu": {"lstm": 256}, "cuda": {"lstm": 0, "gru": 0}}
+
+
+def precision(name: str, device: torch.device, path: str = "train", model=None) -> str:
+    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path (train, score, sample) and
+    a model (its ModelConfig: cell, hidden_size; None before it is known, where auto answers fp32). auto: bf16
+    where it is native and BF16_FROM lists the model, except for sampling on the CPU: fp32 there, so the fused step
+    runs (one character at a time reads every weight once: autocast would re-cast them per character, 2 to 5 times
+    slower)."""
     if name == "auto":
-        return "bf16" if path != "sample" and native_bf16(device) else "fp32"
+        sizes = BF16_FROM.get(device.type, {})
+        pays = model is not None and model.hidden_size >= sizes.get(model.cell, float("inf"))
+        return "bf16" if pays and native_bf16(device) and not (path == "sample" and device.type == "cpu") else "fp32"
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):  # oneDNN's fused LSTM refuses it
         raise UsageError("--precision bf16 on the CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use "
                          "--precision fp32 (or auto)")

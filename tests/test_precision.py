@@ -14,12 +14,47 @@ from charrnn.model import files as checkpoint
 NATIVE = native_bf16(torch.device("cpu"))
 
 
-def test_auto_precision_is_printed_and_stored(corpus):
-    result = train_tiny(corpus, "--threads", "1")
-    expected = "bf16" if NATIVE else "fp32"
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(("cell", "hidden", "bf16"), [("lstm", 256, True), ("lstm", 16, False), ("gru", 16, False),
+                                                      ("rnn", 16, False)])
+def test_auto_precision_is_chosen_per_model_printed_and_stored(corpus, monkeypatch, native, cell, hidden, bf16):
+    """Both answers of the hardware, faked; bf16 is real here only where the CPU has it (else the fake one trains
+    an LSTM in fp32 after all: not run)."""
+    import charrnn.device
+
+    if native and bf16 and not NATIVE:
+        pytest.skip("training in bf16 needs a CPU with avx512_bf16 or amx_bf16")
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: native)
+    result = train_tiny(corpus, "--threads", "1", "--cell", cell, "--hidden-size", str(hidden), steps=2)
+    expected = "bf16" if native and bf16 else "fp32"
     assert f"parameters on cpu, {expected}, 1 threads" in result.stderr
     _, meta = checkpoint.load(Path("checkpoints/tiny/last.safetensors"))
     assert meta["train"]["precision"] == expected
+    scored = cli("score", corpus, "--json", "--threads", "1")
+    assert scored.exit_code == 0, scored.stderr
+
+
+def test_auto_takes_bf16_only_where_measured_to_pay():
+    """The rule itself, per device type, path, cell and size (device.BF16_FROM), the hardware's answer faked."""
+    from charrnn.config import ModelConfig
+    from charrnn.device import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    lstm, small = ModelConfig(cell="lstm", hidden_size=512), ModelConfig(cell="lstm", hidden_size=128)
+    gru, rnn = ModelConfig(cell="gru", hidden_size=512), ModelConfig(cell="rnn", hidden_size=512)
+    import charrnn.device
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(charrnn.device, "native_bf16", lambda device: True)
+        assert [precision("auto", cpu, "train", c) for c in (lstm, small, gru, rnn, None)] == [
+            "bf16", "fp32", "fp32", "fp32", "fp32"]
+        assert precision("auto", cpu, "score", lstm) == "bf16"
+        assert precision("auto", cpu, "sample", lstm) == "fp32"  # the fused fp32 step
+        assert [precision("auto", cuda, "sample", c) for c in (lstm, gru, rnn)] == ["bf16", "bf16", "fp32"]
+        assert precision("fp32", cpu, "train", lstm) == "fp32" and precision("bf16", cpu, "train", rnn) == "bf16"
+        m.setattr(charrnn.device, "native_bf16", lambda device: False)  # never bf16 where it is emulated
+        assert {precision("auto", d, p, c) for d in (cpu, cuda) for p in ("train", "score", "sample")
+                for c in (lstm, gru, rnn)} == {"fp32"}
 
 
 def test_resume_keeps_the_runs_precision(corpus):
@@ -97,16 +132,12 @@ def test_cuda_bf16_counts_only_native_support(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_picks_per_path_and_sampling_takes_the_fused_fp32_step(corpus, monkeypatch, native):
-    """auto: bf16 for training where it is native, fp32 for sampling everywhere (the fused step; autocast per
-    character is slower); an explicit --precision is obeyed. Both answers of the hardware, faked."""
+    """auto samples on the CPU through the fused fp32 step (autocast per character is slower), whatever the
+    hardware's answer (faked)."""
     import charrnn.device
     from charrnn.model.steps import FusedStep
 
     monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: native)
-    cpu = torch.device("cpu")
-    assert charrnn.device.precision("auto", cpu) == ("bf16" if native else "fp32")
-    assert charrnn.device.precision("auto", cpu, "sample") == "fp32"
-    assert charrnn.device.precision("fp32", cpu, "train") == "fp32"
     train_tiny(corpus, "--precision", "fp32")
     calls = []
     step = FusedStep.__call__

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn import cores
 from charrnn.config import TrainConfig
 from charrnn.console import warn
 from charrnn.data.batches import evaluation_streams
@@ -93,6 +94,7 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
     model.eval()
     newline = vocab.index.get("\n")
     for line in lines:
+        cores.tick()
         kept, unknown = drop_unknown(vocab, line)
         ids = torch.from_numpy(vocab.encode(kept).astype(np.int64))  # (n,)
         if newline is not None:

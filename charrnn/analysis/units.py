@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from charrnn import cores
 from charrnn.errors import UsageError
 from charrnn.model.rnn import CELLS, CharRNN
 from charrnn.model.steps import step_for
@@ -103,6 +104,7 @@ def record(model: CharRNN, ids: np.ndarray, device: torch.device, chunk: int | N
     for start in range(0, len(ids), chunk):
         n = min(chunk, len(ids) - start)
         for t in range(n):
+            cores.tick()
             logits[t] = step(x[start + t])[0]
             now = step.now()  # each (L, H): hidden, then cell
             hidden[t] = now[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from charrnn import cores
 from charrnn.config import SampleConfig
 from charrnn.console import warn
 from charrnn.data.text import read_text
@@ -108,6 +109,7 @@ def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, d
     on_cpu = device.type == "cpu"  # logits (always fp32) and ids need no moving: a call saved per character
     rows, tails, count = list(range(n)), [""] * n, 0  # rows[r]: the sample that batch row r belongs to
     while rows:
+        cores.tick()
         g = noise.next()  # (N, V)
         ids = draw(logits if on_cpu else logits.cpu(), g if len(rows) == n else g[rows], cfg)  # (rows,)
         chosen = ids.tolist()

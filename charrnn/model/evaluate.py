@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from charrnn import cores
 from charrnn.data.batches import Streams
 from charrnn.device import autocast
 from charrnn.model.rnn import CharRNN
@@ -24,6 +25,7 @@ def evaluate_sums(model: CharRNN, streams: Streams, device: torch.device, precis
     model.eval()
     state, total, count = None, 0.0, 0
     for x, y in streams:
+        cores.tick()
         with autocast(device, precision):
             logits, state = model(x.to(device), state)  # (B, T, V)
         total += F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="sum").item()

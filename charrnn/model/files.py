@@ -224,9 +224,10 @@ def load_chosen(target: Path | None, device_name: str, precision: str, verb: str
     precision (for path: device.precision) checked first; says at a terminal which file, unless a file was
     named."""
     device = devices.pick(device_name)
-    precision = devices.precision(precision, device, path)
-    path = find_checkpoint(target)
-    model, vocab, meta = load_model(path, device)
+    devices.precision(precision, device, path)  # refused before anything is read
+    file = find_checkpoint(target)
+    model, vocab, meta = load_model(file, device)
+    precision = devices.precision(precision, device, path, model.cfg)
     if target is None or target.is_dir():
-        note(f"{verb} {path}")
+        note(f"{verb} {file}")
     return model, vocab, meta, device, precision

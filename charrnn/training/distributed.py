@@ -152,7 +152,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     given, name = session.prepare(inputs, run, config_file, flags, threads)
     directory, tensors, meta, model_cfg, cfg = session.settings(inputs, out, name, given, resume)
     device = place.device(cfg.device)
-    session.choose_precision(cfg, meta, device, directory, "precision" in given)
+    session.choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
     place.check_batch(cfg.batch_size, resume, directory)
     group = Group(place, device)
     console.quiet = place.rank != 0  # from here on, the first process to fail says why (Group.agreed)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from charrnn import config, launch
+from charrnn import config, cores, launch
 from charrnn import device as devices
 from charrnn.config import MAX_PARAMS, ModelConfig, TrainConfig
 from charrnn.console import TrainReport, info, nats_bits, printable, warn
@@ -37,7 +37,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     given, name = prepare(inputs, run, config_file, flags, threads)
     directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
     device = devices.pick(cfg.device)
-    choose_precision(cfg, meta, device, directory, "precision" in given)
+    choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
     held = rundir.claim(directory, force, resume)
     try:
         with abort_on_signals():
@@ -77,18 +77,19 @@ def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool)
     return directory, tensors, meta, model_cfg, cfg
 
 
-def choose_precision(cfg: TrainConfig, meta: dict | None, device: torch.device, directory: Path,
-                     asked: bool) -> None:
+def choose_precision(cfg: TrainConfig, model_cfg: ModelConfig, meta: dict | None, device: torch.device,
+                     directory: Path, asked: bool) -> None:
     """Resolve --precision on the device; the run stores what auto chose. A resume keeps the run's precision where
     it runs, and may change it like the device (--precision, or a machine without native bf16), saying so: a
     resume is bit-identical only on the same device and precision. asked: --precision was given."""
     stored = meta["train"].get("precision") if meta else None
     try:
-        cfg.precision = devices.precision(cfg.precision, device)
+        cfg.precision = devices.precision(cfg.precision, device, "train", model_cfg)
     except UsageError:
         if asked or not meta:  # asked for by a flag: refused as on a new run
             raise
-        cfg.precision = devices.precision("auto", device)  # the run's own, which this machine cannot run
+        # the run's own, which this machine cannot run
+        cfg.precision = devices.precision("auto", device, "train", model_cfg)
     if stored and cfg.precision != stored:
         info(f"{directory} trained in {stored}; it continues in {cfg.precision} on {device} (a resume is "
              "bit-identical only on the same device and precision)")
@@ -225,7 +226,7 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
     held = corpus.held_out(len(text.ids), cfg.val_frac, cfg.val_chars)
     info(f"{text.name}: {len(text.ids):,} characters ({held:,} held out), {len(text.vocab)} distinct; {model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
-         f"{trainer.device}, {cfg.precision}, {torch.get_num_threads()} threads")
+         f"{trainer.device}, {cfg.precision}, {cores.shown()}")
     if len(text.vocab) == 1:
         warn(f"the corpus has a single distinct character ({text.vocab.chars[0]!r}): the model has nothing to learn")
     if cfg.warmup_steps > trainer.total_steps:

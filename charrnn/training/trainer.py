@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from charrnn import cores
 from charrnn.config import TrainConfig
 from charrnn.data.batches import Streams
 from charrnn.device import autocast
@@ -214,6 +215,7 @@ class Trainer:
         mark = time.monotonic()
         last_eval = p.step
         while not self.finished():
+            cores.tick()
             losses.append(self.step())
             chars += self.cfg.batch_size * self.cfg.seq_len
             p.elapsed_s = time.monotonic() - start
