@@ -202,11 +202,11 @@ def log(line: str, path: Path = LOG) -> None:
         f.write(line + "\n")
 
 
-def precisions(cfg, path: str) -> list[tuple[str, str]]:
+def precisions(cfg, path: str, rows: int = 1) -> list[tuple[str, str]]:
     """(flag, label) of the rows to measure for a ModelConfig: fp32, and auto where auto chooses otherwise."""
     from charrnn.device import precision
 
-    auto = precision("auto", torch.device("cpu"), path, cfg)
+    auto = precision("auto", torch.device("cpu"), path, cfg, rows)
     return [("fp32", "fp32 = auto")] if auto == "fp32" else [("fp32", "fp32"), ("auto", f"auto: {auto}")]
 
 
@@ -238,6 +238,7 @@ def model_rows(label: str, cell: str, hidden: int, layers: int, corpus: Path, wo
         log(f"| {label} | sample chars/s, batch 1 ({tag}) | {fast:,.0f} | {naive:,.0f} | {fast / naive:.2f}x | "
             f"{fast / bound:.0%} of the fp32 bound {bound:,.0f}/s ({weight_mb:.1f} MB at "
             f"{weight_mb / 1e3 * bound:.1f} GB/s) |")
+    for flag, tag in precisions(cfg, "sample", 64):
         fast64 = cli_sample_chars_per_s(ckpt, per_stream, 64, flag)
         util = 2 * params * fast64 / (peak * 1e9)
         log(f"| {label} | sample chars/s, 64 streams ({tag}) | {fast64:,.0f} | {naive64:,.0f} | "

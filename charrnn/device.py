@@ -76,18 +76,22 @@ def native_bf16(device: torch.device) -> bool:
 # (their loss comes from training in bf16; a forward pass in bf16 scores as fp32 does). On CUDA (not measured
 # here) bf16 stays for the gated cells.
 BF16_FROM = {"cpu": {"lstm": 256}, "cuda": {"lstm": 0, "gru": 0}}
+# Sampling on a CPU with native bf16: the fused step's products with bf16 weights were slower at 1 row (15 against
+# 51 us for the default model's, 187 against 268 for an LSTM 2x512's) and faster from 32 rows (up to 3x at 64).
+BF16_ROWS = 32
 
 
-def precision(name: str, device: torch.device, path: str = "train", model=None) -> str:
-    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path (train, score, sample) and
-    a model (its ModelConfig: cell, hidden_size; None before it is known, where auto answers fp32). auto: bf16
-    where it is native and BF16_FROM lists the model, except for sampling on the CPU: fp32 there, so the fused step
-    runs (one character at a time reads every weight once: autocast would re-cast them per character, 2 to 5 times
-    slower)."""
+def precision(name: str, device: torch.device, path: str = "train", model=None, rows: int = 1) -> str:
+    """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path (train, score, sample), a
+    model (its ModelConfig: cell, hidden_size; None before it is known, where auto answers fp32) and, for sampling,
+    the rows stepped together. auto: bf16 where it is native and BF16_FROM lists the model; sampling on the CPU
+    (the fused step, model/steps.py) takes bf16 weights from BF16_ROWS rows on, whatever the model, fp32 below."""
     if name == "auto":
+        if path == "sample" and device.type == "cpu":
+            return "bf16" if rows >= BF16_ROWS and native_bf16(device) else "fp32"
         sizes = BF16_FROM.get(device.type, {})
         pays = model is not None and model.hidden_size >= sizes.get(model.cell, float("inf"))
-        return "bf16" if pays and native_bf16(device) and not (path == "sample" and device.type == "cpu") else "fp32"
+        return "bf16" if pays and native_bf16(device) else "fp32"
     if name == "bf16" and device.type == "cpu" and not native_bf16(device):  # oneDNN's fused LSTM refuses it
         raise UsageError("--precision bf16 on the CPU needs avx512_bf16 or amx_bf16, which this CPU lacks; use "
                          "--precision fp32 (or auto)")

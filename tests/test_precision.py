@@ -49,12 +49,14 @@ def test_auto_takes_bf16_only_where_measured_to_pay():
         assert [precision("auto", cpu, "train", c) for c in (lstm, small, gru, rnn, None)] == [
             "bf16", "fp32", "fp32", "fp32", "fp32"]
         assert precision("auto", cpu, "score", lstm) == "bf16"
-        assert precision("auto", cpu, "sample", lstm) == "fp32"  # the fused fp32 step
+        assert precision("auto", cpu, "sample", lstm) == "fp32"  # the fused fp32 step, at batch 1
+        assert [precision("auto", cpu, "sample", c, rows) for c in (gru, rnn) for rows in (31, 32)] == [
+            "fp32", "bf16", "fp32", "bf16"]  # bf16 weights from device.BF16_ROWS rows
         assert [precision("auto", cuda, "sample", c) for c in (lstm, gru, rnn)] == ["bf16", "bf16", "fp32"]
         assert precision("fp32", cpu, "train", lstm) == "fp32" and precision("bf16", cpu, "train", rnn) == "bf16"
         m.setattr(charrnn.device, "native_bf16", lambda device: False)  # never bf16 where it is emulated
-        assert {precision("auto", d, p, c) for d in (cpu, cuda) for p in ("train", "score", "sample")
-                for c in (lstm, gru, rnn)} == {"fp32"}
+        assert {precision("auto", d, p, c, rows) for d in (cpu, cuda) for p in ("train", "score", "sample")
+                for c in (lstm, gru, rnn) for rows in (1, 64)} == {"fp32"}
 
 
 def test_resume_keeps_the_runs_precision(corpus):

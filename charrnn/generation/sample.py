@@ -93,7 +93,8 @@ def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
 def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
                    fast: bool = True, precision: str = "fp32") -> Iterator[Piece]:
     """Pieces of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
-    fused (model/steps.py, fp32) when fast and the model allows it, else through the model's modules.
+    fused (model/steps.py; bf16 precision: bf16 weights) when fast and the model allows it, else through the
+    model's modules.
 
     A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
     finished samples leave the batch. Only the model's own modules need no_grad (ModelStep, warm_up): a no_grad
@@ -176,7 +177,8 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
                 prime: str, prime_file: Path | None) -> Iterator[str]:
     """`charrnn sample`: the text of cfg.num_samples samples, each the prime then its continuation, separated."""
     cfg.prime = read_prime(prime, prime_file)
-    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample")
+    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
+                                                     cfg.num_samples)
     unknown = vocab.unknown(cfg.prime)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")

@@ -219,15 +219,16 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     return model.to(device).eval(), vocab, meta
 
 
-def load_chosen(target: Path | None, device_name: str, precision: str, verb: str, path: str = "train"):
+def load_chosen(target: Path | None, device_name: str, precision: str, verb: str, path: str = "train",
+                rows: int = 1):
     """(model, vocab, meta, device, precision) of the checkpoint the user named (find_checkpoint), the device and
-    precision (for path: device.precision) checked first; says at a terminal which file, unless a file was
-    named."""
+    precision (for path and rows: device.precision) checked first; says at a terminal which file, unless a file
+    was named."""
     device = devices.pick(device_name)
     devices.precision(precision, device, path)  # refused before anything is read
     file = find_checkpoint(target)
     model, vocab, meta = load_model(file, device)
-    precision = devices.precision(precision, device, path, model.cfg)
+    precision = devices.precision(precision, device, path, model.cfg, rows)
     if target is None or target.is_dir():
         note(f"{verb} {file}")
     return model, vocab, meta, device, precision
