@@ -308,9 +308,15 @@ def test_endless_sampling_with_the_default_checkpoint_ends_when_the_pipe_closes(
     assert err == b""  # stderr is not a terminal: nothing to say
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as an interactive shell leaves it. A process started with SIGINT ignored
+    keeps ignoring it, Python included, and a shell script's background job (`pytest &`) starts so."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_exits_130_without_a_traceback(ckpt):
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", ckpt, "-n", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env())
+                            stderr=subprocess.PIPE, env=env(), preexec_fn=default_sigint)
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     assert proc.stdout.read(10)  # generation is under way
