@@ -26,6 +26,7 @@ MAX_SEED = (1 << 64) - 1  # torch generators take 64-bit seeds
 MAX_SAMPLES = 10_000  # largest --num-samples: one batch, its state held at once
 MAX_THREADS = 4096  # largest --threads
 STATES = ("cell", "hidden")  # `cells --state`: an LSTM's cell state (as tanh(c)) or the hidden state
+CHOICES = {"cell", "device", "precision", "encoding_errors", "state"}  # named choices: lower case, taken in any case
 
 
 @dataclass
@@ -198,6 +199,7 @@ def from_toml(path: Path) -> dict:
         return f"--config {path}: {key}"
 
     typed(flat, (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"}, label)
+    flat = {k: v.lower() if k in CHOICES else v for k, v in flat.items()}  # cell = "LSTM", as on the command line
     check(flat, label)
     return flat
 

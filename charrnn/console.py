@@ -74,17 +74,28 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 step', '40 steps', '1,000 characters'."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def duration(seconds: float) -> str:
+    """'0.4 s', '9.5 s', '42 s': tenths while they matter."""
+    return f"{seconds:.1f} s" if seconds < 9.95 else f"{seconds:.0f} s"
+
+
 def nats_bits(nats: float) -> str:
     return f"{nats:.4f} nats ({nats / LN2:.4f} bits/char)"
 
 
 class TrainReport:
-    """Progress bar on a terminal, plain periodic lines otherwise; a sample at every evaluation."""
+    """Progress bar on a terminal that can draw one, plain periodic lines otherwise (a pipe, a file, TERM=dumb:
+    rich draws nothing there); a sample at every evaluation."""
 
     def __init__(self, fraction_done: Callable[[], float], sample: Callable[[], str]):
         self.fraction_done, self.sample = fraction_done, sample
         self.val, self.bar = math.nan, None
-        if console.is_terminal:
+        if console.is_terminal and not console.is_dumb_terminal:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("step {task.fields[step]}"), BarColumn(),

@@ -92,4 +92,5 @@ def tick() -> None:
 def shown() -> str:
     """How training's first line names the threads."""
     g = governor
-    return f"{g.most} threads, 1 while other processes load the cores" if g.adapt else f"{g.most} threads"
+    threads = f"{g.most} thread{'' if g.most == 1 else 's'}"
+    return f"{threads}, 1 while other processes load the cores" if g.adapt else threads

@@ -276,6 +276,38 @@ def test_find_renders_the_best_unit_and_max_chars_bounds_only_the_rendering(mode
     assert table.splitlines()[1].split()[0] == "0:9"
 
 
+def test_find_with_unit_shows_that_units_own_correlation(models):
+    write(Path("t.txt"), code_text(800, seed=5))
+    full = cli("cells", "t.txt", "-c", models["lstm"], "--find", "indent", "--top", "64", "--max-chars", "0")
+    assert full.exit_code == 0, full.stderr
+    rows = [line.split() for line in full.stdout.splitlines()[1:]]
+    assert len(rows) == 64  # 2 layers of 16 units, cell and hidden
+    place, low = next((i, r) for i, r in reversed(list(enumerate(rows))) if r[1] == "cell")  # far down the ranking
+    out = cli("cells", "t.txt", "-c", models["lstm"], "--find", "indent", "--top", "2", "--unit", low[0],
+              "--unit", rows[0][0] if rows[0][1] == "cell" else rows[1][0], "--max-chars", "0")
+    assert out.exit_code == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[:4] for line in lines[1:3]] == rows[:2]  # the ranking's top, as before
+    assert len(lines) == 4  # then the --unit unit not among them; the one that is, not again
+    assert lines[3].split()[:4] == low and lines[3].endswith(f"(ranked {place + 1} of 64)")
+    shown = cli("cells", "t.txt", "-c", models["lstm"], "--find", "indent", "--top", "1", "--unit", low[0],
+                "--max-chars", "3")
+    assert shown.exit_code == 0 and shown.stderr.splitlines()[2].split()[:4] == low  # the table on stderr
+    assert len(shown.stdout.splitlines()) == 3  # the text, in that unit's values
+
+
+@pytest.mark.parametrize("find", ["comment", "regex:zz+", "quote", "indent", "brackets"])
+def test_a_signal_that_never_changes_on_the_text_is_a_usage_error(models, find):
+    write(Path("t.txt"), "if x = 1\nab cd\n")  # no comment, quote, indent or bracket
+    usage_error(cli("cells", "t.txt", "-c", models["lstm"], "--find", find, "--max-chars", "0"),
+                f"--find {find} never changes on t.txt (it is 0 at every character)", "another signal")
+
+
+def test_a_signal_that_never_changes_on_stdin_is_a_usage_error(models):
+    usage_error(cli("cells", "-", "-c", models["gru"], "--find", "line-position", input="a"), "--find line-position",
+                "never changes", "give a text where it changes, or another signal")
+
+
 # --- output -----------------------------------------------------------------------------------------------
 
 
@@ -455,5 +487,6 @@ def test_cell_state_of_a_gru_is_a_usage_error(models):
     usage_error(cli("cells", "t.txt", "-c", models["gru"], "--unit", "0:1", "--state", "cell"),
                 "--state cell", "gru", "hidden")
     usage_error(cli("cells", "t.txt", "-c", models["gru"], "--find", "quote", "--state", "cell"), "--state cell")
+    write(Path("t.txt"), 'if "x"\n')
     ok = cli("cells", "t.txt", "-c", models["gru"], "--find", "quote", "--max-chars", "0")
     assert ok.exit_code == 0 and {line.split()[1] for line in ok.stdout.splitlines()[1:]} == {"hidden"}

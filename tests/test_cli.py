@@ -483,6 +483,7 @@ def test_corpus_list():
 
 def test_corpus_get_python(in_tmp):
     out = in_tmp / "sub" / "dir" / "py.txt"
+    out.parent.mkdir(parents=True)  # -o makes no directories (test_habits)
     result = cli("corpus", "get", "python", "-o", out)
     assert result.exit_code == 0, result.stderr
     assert out.is_file()

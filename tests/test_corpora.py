@@ -61,6 +61,7 @@ def test_get_downloads_verifies_and_writes_under_corpora(tmp_path, serve):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == SHAKESPEARE_SHA256
     assert "wrote corpora/tinyshakespeare.txt (1,115,394 characters)" in result.stderr
     assert files_under(tmp_path / "corpora") == ["tinyshakespeare.txt"]  # no temporary file left
+    (tmp_path / "elsewhere").mkdir()  # -o makes no directories
     result = cli("corpus", "get", "tinyshakespeare", "--url", url, "-o", tmp_path / "elsewhere" / "ts.txt")
     assert result.exit_code == 0 and (tmp_path / "elsewhere" / "ts.txt").read_bytes() == out.read_bytes()
 

@@ -27,7 +27,7 @@ def test_auto_precision_is_chosen_per_model_printed_and_stored(corpus, monkeypat
     monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: native)
     result = train_tiny(corpus, "--threads", "1", "--cell", cell, "--hidden-size", str(hidden), steps=2)
     expected = "bf16" if native and bf16 else "fp32"
-    assert f"parameters on cpu, {expected}, 1 threads" in result.stderr
+    assert f"parameters on cpu, {expected}, 1 thread\n" in result.stderr
     _, meta = checkpoint.load(Path("checkpoints/tiny/last.safetensors"))
     assert meta["train"]["precision"] == expected
     scored = cli("score", corpus, "--json", "--threads", "1")
@@ -156,4 +156,4 @@ def test_omp_num_threads_set_by_the_user_is_obeyed(corpus):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), *TINY, "--max-steps", "1"],
                           capture_output=True, env=env, timeout=120)
-    assert proc.returncode == 0 and b", 1 threads" in proc.stderr, proc.stderr.decode()
+    assert proc.returncode == 0 and b", 1 thread\n" in proc.stderr, proc.stderr.decode()

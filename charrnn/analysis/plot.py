@@ -76,8 +76,10 @@ def figure(runs: list[Curves], out, fmt: str = "png") -> None:
 
 
 def spark(values: list[float], low: float, high: float, width: int) -> str:
-    """values resampled to width points, each drawn as a block from low (▁) to high (█)."""
-    picked = [values[min(len(values) - 1, i * len(values) // width)] for i in range(min(width, len(values)))]
+    """values as a block each from low (▁) to high (█), the first and the last always among them; more than width
+    values are resampled to width, evenly spaced over the whole series."""
+    n = min(width, len(values))
+    picked = [values[round(i * (len(values) - 1) / (n - 1)) if n > 1 else 0] for i in range(n)]
     span = high - low or 1.0
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - low) / span * len(SPARKS)))] for v in picked)
 
@@ -106,33 +108,42 @@ def check_output(out: Path) -> None:
 
 def find_run(target: Path | None, root: Path = Path("checkpoints")) -> Path:
     """A run directory from what the user named: a run directory, a file in one (a checkpoint), or a folder of
-    runs (its newest by metrics.jsonl); None: the newest run under root."""
+    runs (its newest by metrics.jsonl), or a bare run name under root (a path that exists wins); None: the newest
+    run under root."""
+    bare = target is not None and not target.exists() and len(target.parts) == 1  # a run's name, perhaps
     target = target if target is not None else root
+    if bare and (root / target).exists():
+        target, bare = root / target, False
     if target.is_file():
         target = target.parent
     if (target / "metrics.jsonl").is_file():
         return target
     runs = list(target.glob("*/metrics.jsonl")) if target.is_dir() else []
     if not runs:
-        where = "no such file or directory" if not target.exists() else "no runs there"
-        raise CharrnnError(f"{target}: {where}; name a run directory (charrnn train writes OUT/RUN/metrics.jsonl)")
+        where = "no runs there" if target.exists() else "no such file or directory"
+        also = f", and no {root / target}" if bare else ""
+        raise CharrnnError(f"{target}: {where}{also}; name a run directory or a run under {root}/ (charrnn train "
+                           "writes OUT/RUN/metrics.jsonl)")
     return max(runs, key=lambda f: f.stat().st_mtime).parent
 
 
 def plot(*, runs: list[Path], output: Path | None) -> None:
-    """`charrnn plot`: the runs' curves as a figure (matplotlib), written atomically; without matplotlib, the text
-    curve on stderr and an error that says how to install it."""
+    """`charrnn plot`: the runs' curves as a figure (matplotlib), written atomically. Without matplotlib, the text
+    curve on stderr and how to install it: a success when no -o was given, else an error (no figure written)."""
     if output is not None:
         check_output(output)
     dirs = [find_run(r) for r in runs or [None]]
     curves = [read(d) for d in dirs]
-    output = output if output is not None else dirs[0] / "loss.png"
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         info(text(curves))
-        raise CharrnnError("matplotlib is not installed, so no figure was written (the text curve is above); "
-                           "install it with: pip install 'charrnn[plot]'") from None
+        if output is not None:
+            raise CharrnnError(f"matplotlib is not installed, so {output} was not written (the text curve is "
+                               "above); install it with: pip install 'charrnn[plot]'") from None
+        info("for a figure (PNG, SVG or PDF) instead: pip install 'charrnn[plot]'")
+        return
+    output = output if output is not None else dirs[0] / "loss.png"
     with writing(output) as tmp:
         figure(curves, tmp, output.suffix[1:].lower())
     info(f"wrote {output}")

@@ -217,10 +217,16 @@ def rank(model: CharRNN, ids: np.ndarray, signal: np.ndarray, states: tuple[str,
     return [(units[i], float(rho[i]), float(r[i])) for i in order]
 
 
-def table(ranked: list[tuple[Unit, float, float]]) -> list[str]:
-    """--find's table: a header, then unit, state, rank correlation and Pearson's r, one unit a line."""
-    return [f"{'unit':<9}{'state':<8}{'spearman':<10}pearson"] + [
-        f"{u!s:<9}{u.state:<8}{rho:<+10.4f}{r:+.4f}" for u, rho, r in ranked]
+def table(ranked: list[tuple[Unit, float, float]], top: int, wanted: list[Unit] = ()) -> list[str]:
+    """--find's table: a header, then unit, state, rank correlation and Pearson's r, one unit a line: the top units
+    of the ranking, then each wanted unit (--unit) not among them, with its place in the ranking."""
+    place = {u: i for i, (u, _, _) in enumerate(ranked)}
+    rows = [f"{u!s:<9}{u.state:<8}{rho:<+10.4f}{r:+.4f}" for u, rho, r in ranked[:top]]
+    for u in dict.fromkeys(wanted):
+        if place[u] >= top:
+            _, rho, r = ranked[place[u]]
+            rows.append(f"{u!s:<9}{u.state:<8}{rho:<+10.4f}{r:+.4f}  (ranked {place[u] + 1} of {len(ranked)})")
+    return [f"{'unit':<9}{'state':<8}{'spearman':<10}pearson", *rows]
 
 
 @dataclass

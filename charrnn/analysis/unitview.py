@@ -152,6 +152,14 @@ def write_page(path: Path, content: str) -> None:
     info(f"wrote {path}")
 
 
+def constant_refused(signal: np.ndarray, find: str, name: str) -> np.ndarray:
+    """signal (N,), unless it has the same value at every character: no unit can follow that (a usage error)."""
+    if len(signal) and signal.min() == signal.max():
+        raise UsageError(f"--find {find} never changes on {name} (it is {signal[0]:g} at every character), so no "
+                         f"unit can follow it; give a text where it changes, or another signal ({signals.KNOWN})")
+    return signal
+
+
 def cells(*, source: str, checkpoint: Path | None, unit: list[str], state: str | None, find: str | None, top: int,
           max_chars: int | None, page: Path | None, values: bool, colour: bool,
           device_name: str) -> Iterator[str] | None:
@@ -179,9 +187,9 @@ def cells(*, source: str, checkpoint: Path | None, unit: list[str], state: str |
     to_stdout = bool(shown) and (page is None or values)
     table, found = [], {}
     if signal is not None:
-        ranked = units.rank(model, ids, signal(text), states, device)
+        ranked = units.rank(model, ids, constant_refused(signal(text), find, name), states, device)
+        table = units.table(ranked, top, chosen)
         found, chosen = {u: rho for u, rho, _ in ranked}, chosen or [ranked[0][0]]
-        table = units.table(ranked[:top])
         for line in table if to_stdout else []:  # the text goes to stdout: the table to stderr
             info(line)
     if len(shown) < len(text):

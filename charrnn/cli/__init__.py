@@ -33,6 +33,9 @@ class OneLineErrors(typer.Typer):
         try:
             code = super().__call__(*args, standalone_mode=False, **kwargs)
         except parse_errors() as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help, as click shows it
+                e.show()
+                sys.exit(e.exit_code)
             where = e.ctx.command_path if getattr(e, "ctx", None) else "charrnn"
             if e.format_message():  # empty when the help was shown for a bare command
                 error(f"{e.format_message().rstrip('.')}; see {where} --help")
@@ -55,7 +58,7 @@ def parse_errors() -> tuple[type[Exception], ...]:
 
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = OneLineErrors(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = OneLineErrors(no_args_is_help=True, pretty_exceptions_enable=False,
                     rich_markup_mode=None, context_settings=HELP,
                     help="Train character-level RNN/GRU/LSTM language models and sample text from them.")
 corpus_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP,
@@ -105,15 +108,29 @@ def opt(kind: type, help: str):
     return Annotated[kind | None, typer.Option(help=help)]
 
 
-Device = Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")]
+def lowered(value: str | None) -> str | None:
+    """A choice's name in any case (--cell LSTM): every name charrnn knows is lower case, so none is ambiguous."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def choice(names: tuple[str, ...], help: str, kind: type = str | None):
+    """A flag whose value is one of names, in any case; the shell completes them."""
+    def complete(incomplete: str) -> list[str]:
+        return [n for n in names if n.startswith(incomplete)]
+
+    return Annotated[kind, typer.Option(help=help, callback=lowered, autocompletion=complete)]
+
+
+Device = choice(settings.DEVICES, "auto (cuda, then mps, then cpu), cpu, cuda or mps.", str)
 Threads = opt(int, "CPU threads for torch. Default: the cores available to the process.")
-Precision = Annotated[str, typer.Option(help="auto (bf16 where the device has native bf16, else fp32), fp32 or "
-                                             "bf16.")]
+Precision = choice(settings.PRECISIONS, "auto (as training chose for the model; sampling on a CPU: fp32, with bf16 "
+                   "weights from 32 samples where bf16 is native), fp32 or bf16.", str)
 Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
-                                                   "last) or folder of runs (its newest). Default: the newest run "
-                                                   "under ./checkpoints.")]
-CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file or run directory (best, "
-                                                   "else last). Default: the newest run under ./checkpoints.")]
+                                                   "last), folder of runs (its newest) or a run's name under "
+                                                   "./checkpoints. Default: the newest run there.")]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file, run directory (best, "
+                                                   "else last) or a run's name under ./checkpoints. Default: the "
+                                                   "newest run there.")]
 
 
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from charrnn import config as settings
 from charrnn.cli import (
     Checkpoint,
     CheckpointOpt,
@@ -15,6 +16,7 @@ from charrnn.cli import (
     Precision,
     Threads,
     app,
+    choice,
     one_checkpoint,
     reports_errors,
     threads_and_checks,
@@ -22,7 +24,7 @@ from charrnn.cli import (
 from charrnn.errors import UsageError
 from charrnn.streams import stdin_is_terminal, stdout_open, write_stream
 
-EncodingErrors = Annotated[str, typer.Option(help="Invalid UTF-8: strict (refuse), replace (U+FFFD) or skip.")]
+EncodingErrors = choice(settings.ENCODING_ERRORS, "Invalid UTF-8: strict (refuse), replace (U+FFFD) or skip.", str)
 
 
 @app.command()
@@ -77,8 +79,8 @@ def plot(
     Several runs share one figure. The figure needs matplotlib (pip install
     'charrnn[plot]'); without it a text curve goes to stderr instead.
 
-    Exit status: 0 ok; 1: a run unreadable, or matplotlib missing (the text
-    curve is still shown); 2: bad options.
+    Exit status: 0 ok, also without matplotlib (a text curve on stderr);
+    1: a run unreadable, or matplotlib missing with -o; 2: bad options.
     """
     from charrnn.analysis.plot import plot as plot_runs
 
@@ -105,9 +107,8 @@ def cells(
     unit: Annotated[list[str] | None, typer.Option("--unit", "-u", metavar="LAYER:INDEX", help="A unit to show: "
                                                    "layer and index, both counted from 0 (0:17 is the first "
                                                    "layer's unit 17). Repeatable.")] = None,
-    state: Annotated[str | None, typer.Option(help="cell (an LSTM's cell state, as tanh(c)) or hidden. Default: "
-                                              "cell for an LSTM, hidden for a GRU or RNN; --find scores both "
-                                              "states of an LSTM unless --state is given.")] = None,
+    state: choice(settings.STATES, "cell (an LSTM's cell state, as tanh(c)) or hidden. Default: cell for an LSTM, "
+                  "hidden for a GRU or RNN; --find scores both states of an LSTM unless --state is given.") = None,
     values: Annotated[bool, typer.Option("--values", help="Write char<TAB>value lines even at a terminal (one "
                                          "value column per --unit).")] = False,
     html: Annotated[Path | None, typer.Option("--html", metavar="PAGE.html", help="Write a standalone HTML page "
@@ -145,7 +146,8 @@ def cells(
     a match (Python re).
 
     Exit status: 0 ok, also when stdout closes early; 1: unreadable text,
-    checkpoint or page; 2: bad options.
+    checkpoint or page; 2: bad options, or a --find signal that never
+    changes on the text.
     """
     threads_and_checks(threads, state=state, top=top, max_chars=max_chars, device=device)
     if file == "-" and stdin_is_terminal():

@@ -16,6 +16,7 @@ from charrnn.cli import (
     Precision,
     Threads,
     app,
+    choice,
     corpus_app,
     flag_text,
     one_checkpoint,
@@ -39,9 +40,9 @@ def train(
         "skipped) or - for stdin, joined in the order given.", show_default=False)],
     glob: opt(str, "Only files matching this pattern in directories, e.g. '*.c'.") = None,
     min_char_count: opt(int, "Characters seen fewer times map to U+FFFD. Default: 0 (off).") = None,
-    encoding_errors: opt(str, "Invalid UTF-8 in the corpus: strict (refuse it), replace (each bad byte becomes "
-                         "U+FFFD) or skip (drop it). Default: strict.") = None,
-    cell: opt(str, f"{CELLS}. Default: {M.cell}.") = None,
+    encoding_errors: choice(settings.ENCODING_ERRORS, "Invalid UTF-8 in the corpus: strict (refuse it), replace "
+                            "(each bad byte becomes U+FFFD) or skip (drop it). Default: strict.") = None,
+    cell: choice(settings.CELLS, f"{CELLS}. Default: {M.cell}.") = None,
     hidden_size: opt(int, f"Units per layer. Default: {M.hidden_size}.") = None,
     num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
     embed_size: opt(int, f"Embedding width. Default: {M.embed_size}.") = None,
@@ -61,9 +62,10 @@ def train(
     val_chars: opt(int, f"At most this many held-out characters; the rest trains. 0 = no cap. Default: "
                    f"{T.val_chars:,}.") = None,
     seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
-    device: opt(str, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
-    precision: opt(str, "auto (bf16 autocast where the device has native bf16, else fp32), fp32 or bf16; "
-                   "weights and optimizer state stay fp32. Default: auto.") = None,
+    device: choice(settings.DEVICES, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
+    precision: choice(settings.PRECISIONS, "auto (bf16 autocast where the device has native bf16 and it was "
+                      "measured faster and as good for the model: on a CPU the LSTM from 256 units; else fp32), "
+                      "fp32 or bf16; weights and optimizer state stay fp32. Default: auto.") = None,
     threads: Threads = None,
     run: opt(str, "Run name. Default: the file's stem, stdin for -, or the directory's name.") = None,
     out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
@@ -159,12 +161,22 @@ def corpus_list() -> None:
 @reports_errors
 def corpus_get(
     name: Annotated[str, typer.Argument(help="Corpus name (see charrnn corpus list).")],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it.")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write it: a file in an existing "
+                                                "directory, a directory, or - for stdout.")] = None,
     url: Annotated[str | None, typer.Option(help="Download from here instead (a mirror); checksum still checked.")]
     = None,
 ) -> None:
-    """Write a corpus to corpora/NAME.txt (or -o PATH)."""
+    """Write a corpus to corpora/NAME.txt (or -o PATH; -o - for stdout)."""
     from charrnn.data.corpora import get
 
-    path, chars = get(name=name, out=output, url=url)
-    info(f"wrote {path} ({chars:,} characters)")
+    if output != Path("-"):
+        path, chars = get(name=name, out=output, url=url)
+        info(f"wrote {path} ({chars:,} characters)")
+        return
+    stdout_open()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="charrnn-") as spool:  # a download is checked before any of it is out
+        path, _ = get(name=name, out=Path(spool), url=url)
+        with path.open(encoding="utf-8", newline="") as f:
+            write_stream(iter(lambda: f.read(1 << 20), ""))

@@ -58,10 +58,13 @@ def get(name: str, out: Path | None, url: str | None = None) -> tuple[Path, int]
         raise UsageError(f"unknown corpus {name!r}; see charrnn corpus list")
     if url is not None and name not in DOWNLOADED:
         raise UsageError(f"{name} is built in, not downloaded; --url applies to {', '.join(sorted(DOWNLOADED))}")
+    if out is not None and not out.parent.exists():  # make only what was asked for
+        raise UsageError(f"no directory {out.parent} to write {out.name} in; create it first, or choose another "
+                         "-o PATH")
     if out is None or out.is_dir():
         out = (out or Path("corpora")) / f"{name}.txt"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out.parent.mkdir(exist_ok=True)  # ./corpora, the default
         return out, CATALOGUE[name][1](out, url)
     except OSError as e:
         raise CharrnnError(f"cannot write {out}: {e.strerror}; choose another -o PATH") from None

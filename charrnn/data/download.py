@@ -24,7 +24,6 @@ def fetch(url: str, out: Path, sha256: str, default: str | None = None) -> None:
     """Download url to out; out appears only once the whole file is there and its SHA-256 matches.
     default: the corpus's usual address, suggested when another url sends the wrong file."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with replacing(out) as f:
             try:
                 digest = copy(url, f)

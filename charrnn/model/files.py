@@ -133,8 +133,14 @@ def saved_step(path: Path) -> int | None:
 
 
 def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Path:
-    """A model file, a run directory (best, else last), or a directory of runs (its newest run);
-    None: the newest run under root."""
+    """A model file, a run directory (best, else last), a directory of runs (its newest run), or a bare run name
+    under root (a path that exists wins); None: the newest run under root."""
+    if target is not None and not target.exists():
+        if len(target.parts) > 1 or not (root / target).exists():
+            also = f", and no {root / target}" if len(target.parts) == 1 else ""
+            raise CheckpointError(f"no checkpoint at {target}{also}; name a model file, a run directory or a run "
+                                  f"under {root}/")
+        target = root / target
     if target is None or (target.is_dir() and not any((target / name).is_file() for name in (BEST, LAST))
                           and newest_run(target)):
         root = target or root
@@ -147,8 +153,6 @@ def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Pa
             if (target / name).is_file():
                 return target / name
         raise CheckpointError(f"{target} holds no {BEST} or {LAST}")
-    if not target.exists():
-        raise CheckpointError(f"no checkpoint at {target}")
     return target
 
 
@@ -229,6 +233,6 @@ def load_chosen(target: Path | None, device_name: str, precision: str, verb: str
     file = find_checkpoint(target)
     model, vocab, meta = load_model(file, device)
     precision = devices.precision(precision, device, path, model.cfg, rows)
-    if target is None or target.is_dir():
+    if file != target:  # not the file the user named
         note(f"{verb} {file}")
     return model, vocab, meta, device, precision

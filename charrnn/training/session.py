@@ -16,7 +16,7 @@ import torch
 from charrnn import config, cores, launch
 from charrnn import device as devices
 from charrnn.config import MAX_PARAMS, ModelConfig, TrainConfig
-from charrnn.console import TrainReport, info, nats_bits, printable, warn
+from charrnn.console import TrainReport, counted, duration, info, nats_bits, printable, warn
 from charrnn.data import corpus, sources
 from charrnn.data.batches import Streams, evaluation_streams, min_chars
 from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
@@ -126,8 +126,8 @@ def check_size(n: int, cfg: TrainConfig) -> None:
                              "--val-frac")
     while high - low > 1:  # the smallest m with enough(m) lies in (low, high]
         low, high = (low, (low + high) // 2) if enough((low + high) // 2) else ((low + high) // 2, high)
-    raise CharrnnError(f"the corpus has {n:,} characters; --batch-size {cfg.batch_size} --seq-len {cfg.seq_len} "
-                       f"--val-frac {cfg.val_frac} need at least {high:,}; give more text or lower those")
+    raise CharrnnError(f"the corpus has {counted(n, 'character')}; --batch-size {cfg.batch_size} --seq-len "
+                       f"{cfg.seq_len} --val-frac {cfg.val_frac} need at least {high:,}; give more text or lower those")
 
 
 def load_corpus(inputs: list[str], glob: str | None, out: Path, cfg: TrainConfig, meta: dict | None,
@@ -253,8 +253,8 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
         info(f"stopped by {signal.Signals(sig).name} at step {p.step}; saved {directory / LAST}. "
              f"Resume with: {resume_command(inputs, directory)}")
         raise Interrupted(128 + sig)
-    info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {p.step} steps in "
-         f"{p.elapsed_s:.0f} s; files in {directory}/; plot the losses: charrnn plot {shlex.quote(str(directory))}")
+    info(f"done: best val {nats_bits(p.best_val)} at step {p.best_step}; {counted(p.step, 'step')} in "
+         f"{duration(p.elapsed_s)}; files in {directory}/; plot the losses: charrnn plot {shlex.quote(str(directory))}")
 
 
 def resume_command(inputs: list[str], directory: Path) -> str:
