@@ -198,16 +198,23 @@ def from_toml(path: Path) -> dict:
     def label(key: str) -> str:
         return f"--config {path}: {key}"
 
-    typed(flat, (MODEL_KEYS | TRAIN_KEYS) - {"vocab_size"}, label)
+    once = sorted(PER_INVOCATION & flat.keys())
+    if once:
+        raise UsageError(f"{label(once[0])} cannot be set in a file: --{once[0]} is given on the command line, "
+                         "for one invocation")
+    typed(flat, (MODEL_KEYS | TRAIN_KEYS | INVOCATION.keys()) - {"vocab_size"}, label)
     flat = {k: v.lower() if k in CHOICES else v for k, v in flat.items()}  # cell = "LSTM", as on the command line
-    check(flat, label)
+    check(flat, label, skip={"run", "out", "glob"})  # run: rundir.check_name; out, glob: any text
     return flat
 
 
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
+INVOCATION = {"threads": "int | None", "run": "str | None", "out": "str | None", "glob": "str | None"}  # flags
+# of `train` that are no setting of the run, taken from --config files too
+PER_INVOCATION = {"resume", "force", "config"}  # flags about this one command: refused in a --config file
 TYPES = {"int": (int, "an integer"), "float": ((int, float), "a number"), "str": (str, "a string")}
-FIELD_TYPE_TEXT = {f.name: f.type for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)}
+FIELD_TYPE_TEXT = {f.name: f.type for c in (ModelConfig, TrainConfig) for f in dataclasses.fields(c)} | INVOCATION
 FIELD_TYPES = {name: text.split(" |")[0] for name, text in FIELD_TYPE_TEXT.items()}
 BUDGETS = {"max_steps", "epochs", "minutes"}
 RESUMABLE = {"max_steps", "epochs", "minutes", "decay_steps", "eval_every", "log_every", "save_every",

@@ -90,30 +90,33 @@ def nats_bits(nats: float) -> str:
 
 class TrainReport:
     """Progress bar on a terminal that can draw one, plain periodic lines otherwise (a pipe, a file, TERM=dumb:
-    rich draws nothing there); a sample at every evaluation."""
+    rich draws nothing there); a sample at every evaluation. The bar fits 80 columns: the step and the step budget
+    (total_steps, inf with a time budget alone), the loss, the validation loss and the time left."""
 
-    def __init__(self, fraction_done: Callable[[], float], sample: Callable[[], str]):
+    def __init__(self, fraction_done: Callable[[], float], sample: Callable[[], str], total_steps: float = math.inf):
         self.fraction_done, self.sample = fraction_done, sample
         self.val, self.bar = math.nan, None
+        self.of = f"/{total_steps:,.0f}" if math.isfinite(total_steps) else ""
         if console.is_terminal and not console.is_dumb_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("step {task.fields[step]}"), BarColumn(),
-                                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            self.bar = Progress(TextColumn("{task.fields[step]}"), BarColumn(bar_width=16),
+                                TextColumn("{task.fields[status]}"), TimeRemainingColumn(), TextColumn("left"),
                                 console=console, transient=True)
-            self.task = self.bar.add_task("train", total=1.0, step=0, status="")
+            self.task = self.bar.add_task("train", total=1.0, step=f"step 0{self.of}", status="")
             self.bar.start()
 
     def __call__(self, event) -> None:
         m = event.metrics
         if event.kind == "log":
-            val = "-" if math.isnan(self.val) else f"{self.val:.3f} nats {self.val / LN2:.3f} bpc"
-            status = (f"loss {m['train_loss']:.3f} | val {val}"
-                      f" | {m['chars_per_s']:,.0f} chars/s")
             if self.bar:
-                self.bar.update(self.task, completed=min(1.0, self.fraction_done()), step=m["step"], status=status)
+                val = "-" if math.isnan(self.val) else f"{self.val:.3f}"
+                self.bar.update(self.task, completed=min(1.0, self.fraction_done()),
+                                step=f"step {m['step']:,}{self.of}", status=f"loss {m['train_loss']:.3f} val {val}")
             else:
-                info(f"step {m['step']} | epoch {m['epoch']:.2f} | lr {m['lr']:.2e} | {status}")
+                val = "-" if math.isnan(self.val) else f"{self.val:.3f} nats {self.val / LN2:.3f} bpc"
+                info(f"step {m['step']} | epoch {m['epoch']:.2f} | lr {m['lr']:.2e} | loss {m['train_loss']:.3f} | "
+                     f"val {val} | {m['chars_per_s']:,.0f} chars/s")
         elif event.kind == "eval":
             self.val = m["val_loss"]
             mark = " (best)" if m["improved"] else ""

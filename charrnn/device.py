@@ -10,7 +10,7 @@ import random
 import torch
 
 from charrnn import cores
-from charrnn.config import check, flag
+from charrnn.config import DEVICES, check, flag
 from charrnn.errors import UsageError
 from charrnn.launch import launched
 
@@ -20,6 +20,8 @@ def pick(name: str = "auto") -> torch.device:
     has = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
     if name == "auto":
         return torch.device(next(d for d in ("cuda", "mps", "cpu") if has[d]))
+    if name not in DEVICES:
+        raise UsageError(f"--device {name} is not a device charrnn knows; use one of {', '.join(DEVICES)}")
     if not has.get(name, False):
         raise UsageError(f"--device {name} is not available on this machine; use --device auto or cpu")
     return torch.device(name)

@@ -471,7 +471,8 @@ def usage_error(result, *fragments: str) -> None:
     (["--find", "regex:"], ["regex: needs a pattern"]),
     (["--unit", "0:0", "--state", "both"], ["--state must be one of cell, hidden", "not 'both'"]),
     ([], ["--unit LAYER:INDEX", "--find"]),
-    (["--find", "quote", "--top", "0"], ["--top"]),
+    (["--find", "quote", "--top", "0"], ["--top must be at least 1, not 0"]),
+    (["--find", "quote", "--max-chars", "-1"], ["--max-chars must be >= 0", "not -1"]),
     (["--unit", "0:0", "--html", "no/such/dir/p.html"], ["--html", "no/such/dir"]),
     (["--unit", "0:0", "--html", "p.html", "--max-chars", "0"], ["--html p.html with --max-chars 0"]),
     (["--find", "regex:a{4294967296}"], ["--find regex", "repeat count is too large"]),
@@ -480,6 +481,16 @@ def usage_error(result, *fragments: str) -> None:
 def test_bad_options_are_one_line_usage_errors(models, args, fragments):
     write(Path("t.txt"), "if x\n")
     usage_error(cli("cells", "t.txt", "-c", models["lstm"], *args), *fragments)
+
+
+def test_a_bad_top_or_max_chars_names_only_itself(models):
+    write(Path("t.txt"), "if x\n")
+    top = cli("cells", "t.txt", "-c", models["lstm"], "--find", "quote", "--top", "0")
+    usage_error(top, "--top must be at least 1, not 0")
+    assert "--max-chars" not in top.stderr and "None" not in top.stderr
+    max_chars = cli("cells", "t.txt", "-c", models["lstm"], "--find", "quote", "--top", "3", "--max-chars", "-2")
+    usage_error(max_chars, "--max-chars must be >= 0")
+    assert "--top" not in max_chars.stderr and "None" not in max_chars.stderr
 
 
 def test_cell_state_of_a_gru_is_a_usage_error(models):

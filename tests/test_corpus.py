@@ -251,7 +251,7 @@ def test_min_char_count_through_the_cli_records_the_replacement_in_the_vocab(tmp
     path = tmp_path / "code.txt"
     path.write_text(make_text(6000, 6) + "🙂", encoding="utf-8")
     result = train_tiny(path, "--min-char-count", "2", steps=2)
-    assert "--min-char-count 2: 1 rare character (1 occurrence) map to \ufffd" in result.stderr
+    assert "--min-char-count 2: 1 rare character (1 occurrence) maps to \ufffd" in result.stderr
     meta = load_checkpoint(tmp_path / "checkpoints" / "code" / "last.safetensors")[1]
     assert "\ufffd" in meta["vocab"] and "🙂" not in meta["vocab"] and meta["train"]["min_char_count"] == 2
     assert cli("train", path, "--min-char-count", "-1").exit_code == 2

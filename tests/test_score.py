@@ -235,3 +235,45 @@ def test_spooling_stdin_past_a_file_size_limit_is_one_line(tmp_path):
                           input=b"abc\n" * 10000, capture_output=True, preexec_fn=limit, timeout=120)
     assert proc.returncode == 1 and b"Traceback" not in proc.stderr, proc.stderr.decode()
     assert b"cannot keep stdin in" in proc.stderr and b"File too large" in proc.stderr
+
+
+def test_several_files_give_a_row_each_and_a_total_weighted_by_characters(run_dir):
+    Path("a.txt").write_text(TEXT[:1000], encoding="utf-8")
+    Path("b.txt").write_text(TEXT[1000:1300] + "日", encoding="utf-8")
+    alone = [score(name, "-c", run_dir) for name in ("a.txt", "b.txt")]
+    result = cli("score", "a.txt", "b.txt", "-c", run_dir, "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.pop("file") for r in rows] == ["a.txt", "b.txt", None]  # null: the total over all files
+    assert rows[:2] == alone  # each file scored on its own, as when given alone
+    total = rows[2]
+    assert total["scored"] == 999 + 299 and total["chars"] == 1301 and total["context"] == 2 and total["oov"] == 1
+    assert total["oov_chars"] == ["日"] and "b.txt: 1 character(s)" in result.stderr
+    mean = (alone[0]["nats_per_char"] * 999 + alone[1]["nats_per_char"] * 299) / 1298
+    assert total["nats_per_char"] == pytest.approx(mean)
+    table = cli("score", "a.txt", "b.txt", "-c", run_dir)
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["bits_per_char", "nats_per_char", "perplexity", "chars", "scored", "oov", "file"]
+    assert [line.split()[-1] for line in lines[1:]] == ["a.txt", "b.txt", "total"]
+    assert float(lines[3].split()[0]) == pytest.approx(total["bits_per_char"], abs=1e-4)
+    assert lines[3].split()[3:6] == ["1301", "1298", "1"]
+
+
+def test_several_files_with_stdin_once_and_errors_naming_the_file(run_dir):
+    Path("a.txt").write_text(TEXT[:500], encoding="utf-8")
+    Path("short.txt").write_text("a", encoding="utf-8")
+    result = cli("score", "a.txt", "-", "-c", run_dir, "--json", input=TEXT[:400])
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["file"] for r in rows] == ["a.txt", "-", None] and rows[1]["chars"] == 400
+    twice = cli("score", "-", "a.txt", "-", "-c", run_dir, input="ab cd")
+    assert twice.exit_code == 2 and twice.stdout == "" and "stdin" in twice.stderr and "once" in twice.stderr
+    assert len(twice.stderr.strip().splitlines()) == 1
+    lines = cli("score", "a.txt", "a.txt", "-c", run_dir, "--per-line")
+    assert lines.exit_code == 2 and "--per-line scores one FILE, not 2" in lines.stderr
+    assert len(lines.stderr.strip().splitlines()) == 1 and "Traceback" not in lines.stderr
+    short = cli("score", "a.txt", "short.txt", "-c", run_dir)
+    assert short.exit_code == 1 and "short.txt: nothing to score" in short.stderr
+    missing = cli("score", "a.txt", "nope.txt", "-c", run_dir)
+    assert missing.exit_code == 1 and "nope.txt" in missing.stderr

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from charrnn import cores
 from charrnn.config import TrainConfig
-from charrnn.console import warn
+from charrnn.console import printable, warn
 from charrnn.data.batches import evaluation_streams
-from charrnn.data.text import read_lines, read_text
+from charrnn.data.text import label, read_lines, read_text
 from charrnn.data.vocab import Vocab
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
@@ -113,21 +113,59 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
         yield LineScore(total / (len(ids) - 1) / LN2, len(ids) - 1, text, unknown, len(line) - len(kept))
 
 
-def score(*, source: str, checkpoint: Path | None, device_name: str, precision: str, as_json: bool, errors: str,
-          per_line: bool) -> Iterator[str]:
+def score(*, sources: list[str], checkpoint: Path | None, device_name: str, precision: str, as_json: bool,
+          errors: str, per_line: bool) -> Iterator[str]:
     """`charrnn score`: what goes to stdout, the whole text's report or one line per input line as each arrives;
-    warnings (characters skipped, bytes replaced) on stderr."""
+    with several files one row each and their total; warnings (characters skipped, bytes replaced) on stderr."""
     model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "scoring with")
     if per_line:
-        yield from each_line(model, vocab, source, device, precision, as_json, errors)
+        yield from each_line(model, vocab, sources[0], device, precision, as_json, errors)
         return
-    _, text, replaced = read_text(source, errors)
-    if replaced:
-        warn(replaced)
     train_cfg = {**dataclasses.asdict(TrainConfig()), **meta["train"]}
-    result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device, precision)
-    warn_unknown(result.oov_chars, result.oov)
-    yield report(result, as_json) + "\n"
+
+    def one(source: str, where: str = "") -> Score:
+        _, text, replaced = read_text(source, errors)
+        if replaced:
+            warn(replaced)
+        try:
+            result = score_text(model, vocab, text, train_cfg["batch_size"], train_cfg["seq_len"], device, precision)
+        except CharrnnError as e:
+            raise CharrnnError(f"{where}{e}") from None
+        warn_unknown(result.oov_chars, result.oov, where)
+        return result
+
+    if len(sources) == 1:
+        yield report(one(sources[0]), as_json) + "\n"
+        return
+    results = []
+    if not as_json:
+        yield ROW_HEADER
+    for source in sources:
+        results.append(one(source, f"{printable(label(source))}: "))
+        yield row(results[-1], source, as_json)
+    yield row(combined(results), None, as_json)
+
+
+def combined(results: list[Score]) -> Score:
+    """The score of several texts together, each scored on its own: the mean over all their scored characters."""
+    scored = sum(s.scored for s in results)
+    nats = sum(s.nats_per_char * s.scored for s in results) / scored
+    return Score(nats, scored, sum(s.chars for s in results), sum(s.oov for s in results),
+                 sorted(set().union(*(s.oov_chars for s in results))))
+
+
+ROW_HEADER = f"{'bits_per_char':>13} {'nats_per_char':>13} {'perplexity':>10} {'chars':>10} {'scored':>10} " \
+             f"{'oov':>8}  file\n"
+
+
+def row(result: Score, source: str | None, as_json: bool) -> str:
+    """One file's score among several (source None: their total), as a table row or a JSON line whose "file" is
+    the path as given (- for stdin), null for the total."""
+    if as_json:
+        return json.dumps({"file": source, **result.as_dict()}, ensure_ascii=False) + "\n"
+    name = "total" if source is None else printable(source)
+    return f"{result.bits_per_char:>13.4f} {result.nats_per_char:>13.4f} {result.perplexity:>10.4f} " \
+           f"{result.chars:>10} {result.scored:>10} {result.oov:>8}  {name}\n"
 
 
 def report(result: Score, as_json: bool) -> str:
@@ -159,6 +197,6 @@ def each_line(model: CharRNN, vocab: Vocab, source: str, device: torch.device, p
     warn_unknown(sorted(unknown), count)
 
 
-def warn_unknown(unknown: list[str], count: int) -> None:
+def warn_unknown(unknown: list[str], count: int, where: str = "") -> None:
     if unknown:
-        warn(f"{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")
+        warn(f"{where}{count:,} character(s) outside the model's vocabulary skipped, not scored: {''.join(unknown)!r}")

@@ -30,12 +30,13 @@ EncodingErrors = choice(settings.ENCODING_ERRORS, "Invalid UTF-8: strict (refuse
 @app.command()
 @reports_errors
 def score(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="UTF-8 text to score, or - for stdin.")] = "-",
+    files: Annotated[list[str] | None, typer.Argument(metavar="FILE", help="UTF-8 texts to score, each on its "
+                     "own, or - for stdin (once). Default: stdin.", show_default=False)] = None,
     checkpoint: CheckpointOpt = None,
     per_line: Annotated[bool, typer.Option("--per-line", help="Score each line on its own, as it arrives: "
                                            "bits_per_char<TAB>line, ready for sort -n.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line).")]
-    = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line or "
+                                        "several FILEs).")] = False,
     encoding_errors: EncodingErrors = "strict",
     device: Device = "auto",
     precision: Precision = "auto",
@@ -50,17 +51,28 @@ def score(
     vocabulary (skipped, counted as oov and named on stderr). --per-line
     scores each line alone, its newline included, as if after a newline.
 
+    Several FILEs: a header, one row per file (bits_per_char, nats_per_char,
+    perplexity, chars, scored, oov, file) and a last row, total, over all
+    their scored characters; with --json one line per file ("file": its
+    path) and the total's with "file": null. --per-line takes one FILE.
+
     Exit status: 0 ok, also when stdout closes early; 1: unreadable text
     or checkpoint, or stdout unwritable; 2: bad options or a closed
     stdin/stdout; 130: Ctrl-C.
     """
     threads_and_checks(threads, encoding_errors=encoding_errors, precision=precision)
-    if file == "-" and stdin_is_terminal():
+    files = files or ["-"]
+    if files.count("-") > 1:
+        raise UsageError("- (stdin) can be read only once; give it once among the FILEs")
+    if per_line and len(files) > 1:
+        raise UsageError(f"--per-line scores one FILE, not {len(files)}; join them first (cat a.txt b.txt | "
+                         "charrnn score --per-line)")
+    if "-" in files and stdin_is_terminal():
         raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
     stdout_open()
     from charrnn.analysis.score import score as score_text
 
-    write_stream(score_text(source=file, checkpoint=checkpoint, device_name=device, precision=precision,
+    write_stream(score_text(sources=files, checkpoint=checkpoint, device_name=device, precision=precision,
                             as_json=json_, errors=encoding_errors, per_line=per_line))
 
 
@@ -89,14 +101,18 @@ def plot(
 
 @app.command("info")
 @reports_errors
-def info_(checkpoint: Checkpoint = None, checkpoint_opt: CheckpointOpt = None, threads: Threads = None) -> None:
+def info_(checkpoint: Checkpoint = None, checkpoint_opt: CheckpointOpt = None,
+          vocab: Annotated[bool, typer.Option("--vocab", help="List the whole vocabulary instead: index<TAB>character, "
+                                              "one a line; control characters, whitespace other than the space, "
+                                              "and the backslash escaped (\\n, \\t, \\x85, \\\\).")] = False,
+          threads: Threads = None) -> None:
     """Describe a checkpoint: model, vocabulary, training progress, best validation loss."""
     target = one_checkpoint(checkpoint, checkpoint_opt)
     threads_and_checks(threads)
     stdout_open()
-    from charrnn.analysis.info import describe
+    from charrnn.analysis.info import describe, vocabulary
 
-    write_stream([describe(target)])
+    write_stream([vocabulary(target) if vocab else describe(target)])
 
 
 @app.command()

@@ -68,8 +68,10 @@ def train(
                       "fp32 or bf16; weights and optimizer state stay fp32. Default: auto.") = None,
     threads: Threads = None,
     run: opt(str, "Run name. Default: the file's stem, stdin for -, or the directory's name.") = None,
-    out: Annotated[Path, typer.Option(help="Directory that holds runs.")] = Path("checkpoints"),
-    config: Annotated[Path | None, typer.Option(help="TOML file of defaults; flags override it.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Directory that holds runs. Default: checkpoints.",
+                                             show_default=False)] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file of settings: any of these flags but --resume, "
+                                                "--force and --config, named with _; flags override it.")] = None,
     decay_steps: opt(int, "Cosine decay horizon in steps. Default: the step budget.") = None,
     save_every: opt(int, "Also save last.safetensors every N steps.") = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/RUN exactly where it stopped.")] = False,

@@ -191,7 +191,8 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
     bad = BadBytes(errors)
     counts, n, digests = count_chars(sources, chunk_size, bad, exact=min_count > 1)
     if n == 0:
-        raise CharrnnError(f"{name} is empty; give a text file with some characters in it")
+        empty = sources[0].label if len(sources) == 1 else name  # the path as given
+        raise CharrnnError(f"{empty} is empty; give a text file with some characters in it")
     vocab, lut, n_rare = make_vocab(counts, min_count)
     with entry.writer() as writer:
         written = encode_to(sources, lut, writer, chunk_size, errors)
@@ -201,12 +202,18 @@ def prepare(entry: idcache.Entry, sources: list[Source], name: str, min_count: i
     replaced = int(counts[(counts > 0) & (counts < min_count)].sum()) if n_rare else 0
     meta = {"inputs": stats, "min_char_count": min_count, "encoding_errors": errors, "bad_bytes": bad.report(),
             "fingerprint": combine(digests), "digests": digests, "n": n, "dtype": np.dtype(vocab.id_dtype).name,
-            "vocab": vocab.chars}
+            "vocab": vocab.chars, "rare": [n_rare, replaced]}
     entry.store(meta, writer.path)
-    if n_rare:
-        meta["rare"] = (f"--min-char-count {min_count}: {plural(n_rare, 'rare character')} "
-                        f"({plural(replaced, 'occurrence')}) map to {REPLACEMENT} (U+FFFD)")
     return meta
+
+
+def rare_note(meta: dict) -> list[str]:
+    """What --min-char-count replaced, for a cache entry built now or reused."""
+    n_rare, replaced = meta.get("rare", [0, 0])
+    if not n_rare:
+        return []
+    return [f"--min-char-count {meta['min_char_count']}: {plural(n_rare, 'rare character')} "
+            f"({plural(replaced, 'occurrence')}) {'maps' if n_rare == 1 else 'map'} to {REPLACEMENT} (U+FFFD)"]
 
 
 def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "strict",
@@ -233,7 +240,7 @@ def load(inputs: Inputs, cache_dir: Path, min_count: int = 0, errors: str = "str
         raise CharrnnError(f"cannot read {e.filename or inputs.name}: {e.strerror}") from None
     finally:
         inputs.close()
-    notes += [meta["rare"]] if "rare" in meta else []
+    notes += rare_note(meta)
     files = [[source.label, digest] for source, digest in zip(inputs.sources, digests, strict=True)]
     return Corpus(inputs.name, Vocab(meta["vocab"]), entry.open_ids(meta), meta["fingerprint"], files, note,
                   notes,

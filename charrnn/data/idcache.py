@@ -64,6 +64,7 @@ class Entry:
             whole = os.fstat(ids.fileno()).st_size == meta["n"] * np.dtype(meta["dtype"]).itemsize
             same = (again == text and meta["format"] == FORMAT
                     and meta["inputs"] == stats and meta["min_char_count"] == self.min_count
+                    and ("rare" in meta or self.min_count <= 1)  # older entries lack what --min-char-count replaced
                     and meta.get("encoding_errors", "strict") == self.errors)
         except (OSError, ValueError, KeyError, TypeError):
             whole = same = False

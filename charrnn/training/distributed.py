@@ -139,7 +139,7 @@ def rank_seed(seed: int, rank: int) -> int:
     return (seed + rank) % (1 << 64)
 
 
-def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
+def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | None, config_file: Path | None,
           flags: dict, force: bool, resume: bool, threads: int | None) -> None:
     """session.train for one process of a torchrun launch. Rank 0 speaks. Before the process group forms, the first
     process of every other node also says why it fails (every process checks the same flags, so one per node is
@@ -149,7 +149,8 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     if "-" in inputs:
         raise UsageError("stdin cannot be the corpus of a distributed run (every process reads the corpus); save "
                          "it to a file and train on that")
-    given, name = session.prepare(inputs, run, config_file, flags, threads)
+    given, name, out, glob = session.prepare(inputs, config_file, flags,
+                                             dict(run=run, out=out, glob=glob, threads=threads))
     directory, tensors, meta, model_cfg, cfg = session.settings(inputs, out, name, given, resume)
     device = place.device(cfg.device)
     session.choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def check_name(name: str) -> None:
     if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name or "\0" in name:
         raise UsageError(f"--run {name!r} is not a plain name: give one directory name inside --out, "
                          "without '/' and not starting with '.' (e.g. --run shakespeare-2)")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise UsageError(f"--run {name!r} holds a control character (a newline, a tab...); give a name of "
+                         "printable characters (e.g. --run shakespeare-2)")
 
 
 @dataclass

@@ -31,10 +31,10 @@ from charrnn.training.trainer import NonFiniteError, Trainer
 MAX_CHARS = 1 << 50  # the largest corpus check_size considers (a petabyte of text)
 
 
-def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, config_file: Path | None,
+def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | None, config_file: Path | None,
           flags: dict, force: bool, resume: bool, threads: int | None) -> None:
     """Train a new run in OUT/RUN, or (resume) continue the one there exactly where it stopped."""
-    given, name = prepare(inputs, run, config_file, flags, threads)
+    given, name, out, glob = prepare(inputs, config_file, flags, dict(run=run, out=out, glob=glob, threads=threads))
     directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
     device = devices.pick(cfg.device)
     choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
@@ -54,16 +54,20 @@ def train(*, inputs: list[str], glob: str | None, out: Path, run: str | None, co
     rundir.unlock(held)
 
 
-def prepare(inputs: list[str], run: str | None, config_file: Path | None, flags: dict,
-            threads: int | None) -> tuple[dict, str]:
-    """(the settings given: --config's under the flags', the run's name); torch's threads set."""
-    devices.set_threads(threads)
+def prepare(inputs: list[str], config_file: Path | None, flags: dict,
+            chosen: dict) -> tuple[dict, str, Path, str | None]:
+    """(the settings given: --config's under the flags', the run's name, --out, --glob); torch's threads set.
+    chosen: --run, --out, --glob and --threads from the command line (None: not given, so --config's, if any)."""
     config.check(flags, config.flag)
     given = {**(config.from_toml(config_file) if config_file else {}), **flags}
+    filed = {k: given.pop(k) for k in config.INVOCATION if k in given}
+    chosen = {**filed, **{k: v for k, v in chosen.items() if v is not None}}
+    devices.set_threads(chosen.get("threads"))
+    run = chosen.get("run")
     name = run if run is not None else sources.run_name(inputs)
     if run is None and len(inputs) > 1:
         info(f"run name {name!r}, from the first of {len(inputs)} inputs (--run NAME to choose another)")
-    return given, name
+    return given, name, Path(chosen.get("out", "checkpoints")), chosen.get("glob")
 
 
 def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool) -> tuple:
@@ -235,7 +239,7 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
     recorder = rundir.Recorder(directory, trainer, text)
     trainer.subscribe(recorder)
     trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
-                                  lambda: preview(trainer, text.vocab)))
+                                  lambda: preview(trainer, text.vocab), trainer.total_steps))
     with stop_on_signals(trainer) as received:
         try:
             p = trainer.run()

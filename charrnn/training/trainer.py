@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from charrnn import cores
 from charrnn.config import TrainConfig
+from charrnn.console import counted
 from charrnn.data.batches import Streams
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
@@ -147,7 +148,8 @@ class Trainer:
             p.skipped += 1
             self.bad_in_a_row += 1
             if self.bad_in_a_row >= self.cfg.max_nonfinite:
-                raise NonFiniteError(f"{self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
+                row = counted(self.bad_in_a_row, "step") + " in a row" * (self.bad_in_a_row > 1)
+                raise NonFiniteError(f"{row} had a non-finite loss or gradient "
                                      f"(last at step {p.step}); try a lower --lr")
         self.state = detach(state)
         p.step += 1
