@@ -1,6 +1,6 @@
 """The command line (Typer): options and help, and one keyword-only call per command into the groups that do the
 work. This module holds the app, its error handling and the options several commands share; the commands are
-in making.py (train, sample, corpus) and looking.py (score, info, cells, plot).
+in making.py (train, sample, corpus, cache) and looking.py (score, info, cells, plot).
 
 Exit codes: 0 ok; 1 runtime or data failure; 2 usage error; 130/143 interrupted after saving.
 torch is imported inside the commands that need it, so --help and --version stay fast.
@@ -122,14 +122,16 @@ def choice(names: tuple[str, ...], help: str, kind: type = str | None):
 
 
 Device = choice(settings.DEVICES, "auto (cuda, then mps, then cpu), cpu, cuda or mps.", str)
-Threads = opt(int, "CPU threads for torch. Default: the cores available to the process.")
+Threads = opt(int, "CPU threads for torch. Default: OMP_NUM_THREADS, else the cores available to the process, "
+                   "one while other processes load them.")
 Precision = choice(settings.PRECISIONS, "auto (as training chose for the model; sampling on a CPU: fp32, with bf16 "
                    "weights from 32 samples where bf16 is native), fp32 or bf16.", str)
 Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
                                                    "last), folder of runs (its newest) or a run's name under "
                                                    "./checkpoints. Default: the newest run there.")]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", "-c", help="Model file, run directory (best, "
-                                                   "else last) or a run's name under ./checkpoints. Default: the "
+                                                   "else last), folder of runs (its newest) or a run's name under "
+                                                   "./checkpoints. Default: the "
                                                    "newest run there.")]
 
 

@@ -80,7 +80,8 @@ def score(
 @reports_errors
 def plot(
     runs: Annotated[list[Path] | None, typer.Argument(metavar="RUNS", help="Run directories (or a checkpoint in "
-                    "one, or a folder of runs: its newest). Default: the newest run under ./checkpoints.",
+                    "one, a folder of runs: its newest, or a run's name under ./checkpoints). Default: the newest "
+                    "run there.",
                     show_default=False)] = None,
     checkpoint: CheckpointOpt = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Figure file: .png, .svg or .pdf. "

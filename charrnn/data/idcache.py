@@ -150,3 +150,31 @@ class IdsWriter:
 def cache_error(directory: Path, e: OSError) -> CharrnnError:
     return CharrnnError(f"cannot write the corpus cache in {directory}: {e.strerror}; choose another --out "
                         "(the cache takes 1 to 4 bytes per character)")
+
+
+def stored(directory: Path) -> list[dict]:
+    """The published entries in directory, oldest first: {"stem", "meta", "paths", "bytes", "mtime"}. Files being
+    written (KEY~PID@HOST~*.part, .KEY.json~*.tmp) and a KEY.ids whose KEY.json is not there yet (or no longer)
+    are not entries; an unreadable KEY.json makes an entry with empty meta."""
+    found = []
+    for meta_path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        ids_path = meta_path.with_suffix(".ids")
+        try:
+            sizes = [meta_path.stat(), ids_path.stat()]
+        except OSError:
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta = meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            meta = {}
+        found.append({"stem": meta_path.stem, "meta": meta, "paths": [ids_path, meta_path],
+                      "bytes": sum(s.st_size for s in sizes), "mtime": max(s.st_mtime for s in sizes)})
+    return sorted(found, key=lambda e: e["mtime"])
+
+
+def remove(entry: dict) -> None:
+    """Unpublish an entry: its metadata first (a reader then finds no entry), then its ids (a run that has them
+    memory-mapped keeps reading its own copy)."""
+    for path in reversed(entry["paths"]):
+        path.unlink(missing_ok=True)
