@@ -110,7 +110,8 @@ def find_run(target: Path | None, root: Path = Path("checkpoints")) -> Path:
     """A run directory from what the user named: a run directory, a file in one (a checkpoint), or a folder of
     runs (its newest by metrics.jsonl), or a bare run name under root (a path that exists wins); None: the newest
     run under root."""
-    bare = target is not None and not target.exists() and len(target.parts) == 1  # a run's name, perhaps
+    # a run's name, perhaps: as model.files.by_name, not imported from there (plot starts without torch)
+    bare = target is not None and not target.exists() and len(target.parts) == 1
     target = target if target is not None else root
     if bare and (root / target).exists():
         target, bare = root / target, False

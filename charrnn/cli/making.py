@@ -25,7 +25,7 @@ from charrnn.cli import (
     reports_errors,
     threads_and_checks,
 )
-from charrnn.console import info, printable, warn
+from charrnn.console import info
 from charrnn.errors import UsageError
 from charrnn.streams import stdout_open, write_stream
 
@@ -204,60 +204,9 @@ def cache(
     removes the unused ones (only files in OUT/.cache, never one being
     written); a corpus trained on again is simply prepared anew.
     """
-    from charrnn.training.caches import survey
+    from charrnn.training import caches
 
-    entries, busy, unreadable = survey(out)
-    if not entries:
-        info(f"no corpus cache in {printable(str(out))}: nothing to list" + (" or remove" if prune else ""))
-        return
-    for path in unreadable:
-        warn(f"cannot read {path}; the corpus it was trained on counts as unused")
-    unused = [e for e in entries if not e["runs"]]
-    if not prune:
-        write_stream([f"{e['stem']}\t{mb(e['bytes'])}\t{age(e['mtime'])}\t{','.join(e['runs']) or '-'}\t"
-                      f"{inputs(e['meta'])}\n" for e in entries])
-        info(f"{entries_count(len(entries))} in {printable(str(out / '.cache'))}, {megabytes(entries)}; "
-             + (f"{len(unused)} used by no run ({megabytes(unused)}): charrnn cache --prune removes "
-                f"{'it' if len(unused) == 1 else 'them'}" if unused else "every one used by a run"))
-        return
-    if busy and unused:
-        info(f"removed nothing: {printable(busy[0])} is training under {printable(str(out))} and may be using an "
-             "entry its checkpoints do not name yet; prune again once it has finished")
-        return
-    from charrnn.data import idcache
-
-    idcache.remove_stale_parts(out / ".cache")
-    for entry in unused:
-        idcache.remove(entry)
-        info(f"removed {entry['stem']} ({inputs(entry['meta'])}, {mb(entry['bytes'])} MB)")
-    info(f"freed {megabytes(unused)}; kept {entries_count(len(entries) - len(unused))} that runs use")
-
-
-def inputs(meta: dict) -> str:
-    """An entry's inputs as recorded: absolute paths, or stdin."""
-    try:
-        return printable(", ".join(str(row[0]) for row in meta["inputs"]))
-    except (KeyError, TypeError, IndexError):
-        return "(unreadable)"
-
-
-def megabytes(entries: list[dict]) -> str:
-    return f"{mb(sum(e['bytes'] for e in entries))} MB"
-
-
-def mb(size: int) -> str:
-    """Bytes as MB: tenths, or thousandths below 0.1 MB (a small test corpus is not 0.0 MB)."""
-    return f"{size / 1e6:.1f}" if size >= 1e5 else f"{size / 1e6:.3f}"
-
-
-def age(mtime: float) -> str:
-    """'40 s', '12 min', '5 h', '3 d'."""
-    import time
-
-    s = max(0, time.time() - mtime)
-    return next(f"{s / unit:.0f} {name}" for unit, name in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
-                if s >= unit or unit == 1)
-
-
-def entries_count(n: int) -> str:
-    return f"{n:,} {'entry' if n == 1 else 'entries'}"
+    if prune:
+        caches.prune(out)
+    else:
+        write_stream(caches.listing(out))

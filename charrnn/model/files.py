@@ -135,12 +135,11 @@ def saved_step(path: Path) -> int | None:
 def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Path:
     """A model file, a run directory (best, else last), a directory of runs (its newest run), or a bare run name
     under root (a path that exists wins); None: the newest run under root."""
-    if target is not None and not target.exists():
-        if len(target.parts) > 1 or not (root / target).exists():
-            also = f", and no {root / target}" if len(target.parts) == 1 else ""
+    if target is not None:
+        target, also = by_name(target, root)
+        if not target.exists():
             raise CheckpointError(f"no checkpoint at {target}{also}; name a model file, a run directory or a run "
                                   f"under {root}/")
-        target = root / target
     if target is None or (target.is_dir() and not any((target / name).is_file() for name in (BEST, LAST))
                           and newest_run(target)):
         root = target or root
@@ -154,6 +153,15 @@ def find_checkpoint(target: Path | None, root: Path = Path("checkpoints")) -> Pa
                 return target / name
         raise CheckpointError(f"{target} holds no {BEST} or {LAST}")
     return target
+
+
+def by_name(target: Path, root: Path) -> tuple[Path, str]:
+    """(the path target names: itself, or root/target for a bare run name that is no path but exists there; for an
+    error, what else was looked for: ", and no root/target" for such a name that is nowhere, else "")."""
+    bare = not target.exists() and len(target.parts) == 1
+    if bare and (root / target).exists():
+        return root / target, ""
+    return target, f", and no {root / target}" if bare else ""
 
 
 def newest_run(root: Path) -> Path | None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from charrnn.atomic import HOST
+from charrnn.console import info, printable, warn
 from charrnn.data import idcache
 from charrnn.errors import CheckpointError
 from charrnn.model import files
@@ -82,3 +85,75 @@ def survey(out: Path) -> tuple[list[dict], list[str], list[str]]:
         held = key(entry["meta"])
         entry["runs"] = [name for name, corpora in used.items() if held is not None and held in corpora]
     return entries, busy, unreadable
+
+
+def surveyed(out: Path, prune: bool) -> tuple[list[dict], list[str]] | None:
+    """survey(out), the unreadable checkpoints warned about; None (said) when there is no cache."""
+    entries, busy, unreadable = survey(out)
+    if not entries:
+        info(f"no corpus cache in {printable(str(out))}: nothing to list" + (" or remove" if prune else ""))
+        return None
+    for path in unreadable:
+        warn(f"cannot read {path}; the corpus it was trained on counts as unused")
+    return entries, busy
+
+
+def listing(out: Path) -> Iterator[str]:
+    """`charrnn cache`: a tab-separated line per entry (key, MB, age, the runs using it or -, its inputs); the
+    total on stderr after them."""
+    found = surveyed(out, prune=False)
+    if found is None:
+        return
+    entries = found[0]
+    for e in entries:
+        yield f"{e['stem']}\t{mb(e['bytes'])}\t{age(e['mtime'])}\t{','.join(e['runs']) or '-'}\t{inputs(e['meta'])}\n"
+    unused = [e for e in entries if not e["runs"]]
+    info(f"{entries_count(len(entries))} in {printable(str(out / CACHE_DIR))}, {megabytes(entries)}; "
+         + (f"{len(unused)} used by no run ({megabytes(unused)}): charrnn cache --prune removes "
+            f"{'it' if len(unused) == 1 else 'them'}" if unused else "every one used by a run"))
+
+
+def prune(out: Path) -> None:
+    """`charrnn cache --prune`: remove the entries no run under out uses, unless a run is training there."""
+    found = surveyed(out, prune=True)
+    if found is None:
+        return
+    entries, busy = found
+    unused = [e for e in entries if not e["runs"]]
+    if busy and unused:
+        info(f"removed nothing: {printable(busy[0])} is training under {printable(str(out))} and may be using an "
+             "entry its checkpoints do not name yet; prune again once it has finished")
+        return
+    idcache.remove_stale_parts(out / CACHE_DIR)
+    for entry in unused:
+        idcache.remove(entry)
+        info(f"removed {entry['stem']} ({inputs(entry['meta'])}, {mb(entry['bytes'])} MB)")
+    info(f"freed {megabytes(unused)}; kept {entries_count(len(entries) - len(unused))} that runs use")
+
+
+def inputs(meta: dict) -> str:
+    """An entry's inputs as recorded: absolute paths, or stdin."""
+    try:
+        return printable(", ".join(str(row[0]) for row in meta["inputs"]))
+    except (KeyError, TypeError, IndexError):
+        return "(unreadable)"
+
+
+def megabytes(entries: list[dict]) -> str:
+    return f"{mb(sum(e['bytes'] for e in entries))} MB"
+
+
+def mb(size: int) -> str:
+    """Bytes as MB: tenths, or thousandths below 0.1 MB (a small test corpus is not 0.0 MB)."""
+    return f"{size / 1e6:.1f}" if size >= 1e5 else f"{size / 1e6:.3f}"
+
+
+def age(mtime: float) -> str:
+    """'40 s', '12 min', '5 h', '3 d'."""
+    s = max(0, time.time() - mtime)
+    return next(f"{s / unit:.0f} {name}" for unit, name in ((86400, "d"), (3600, "h"), (60, "min"), (1, "s"))
+                if s >= unit or unit == 1)
+
+
+def entries_count(n: int) -> str:
+    return f"{n:,} {'entry' if n == 1 else 'entries'}"
