@@ -24,6 +24,7 @@ MAX_PARAMS = 1 << 31  # largest model, in parameters (8 GiB of fp32 weights, fou
 MAX_VOCAB = 0x110000  # every Unicode code point
 MAX_SEED = (1 << 64) - 1  # torch generators take 64-bit seeds
 MAX_SAMPLES = 10_000  # largest --num-samples: one batch, its state held at once
+MAX_ITEMS = 10_000_000  # largest `sample --items`: drawn in batches of MAX_SAMPLES
 MAX_THREADS = 4096  # largest --threads
 STATES = ("cell", "hidden")  # `cells --state`: an LSTM's cell state (as tanh(c)) or the hidden state
 CHOICES = {"cell", "device", "precision", "encoding_errors", "state"}  # named choices: lower case, taken in any case
@@ -62,6 +63,8 @@ class TrainConfig:
     val_frac: float = 0.1  # held-out tail of the corpus used for validation
     val_chars: int = 150_000  # ... but at most this many characters (the rest trains), so evaluation stays
     # cheap on large corpora; 0 = no cap
+    item_separator: str | None = None  # items mode: the corpus is a list of items this separates (--items: "\n"),
+    # shuffled with the seed and split by item (data/items.py); None = one running text
     min_char_count: int = 0  # characters seen fewer times than this map to U+FFFD; 0 = off
     encoding_errors: str = "strict"  # invalid UTF-8 in the corpus: strict (refuse) | replace (U+FFFD) | skip
     seed: int = 1337  # seeds torch so runs repeat
@@ -79,6 +82,10 @@ class TrainConfig:
 
 
 DEFAULT_STEPS = 2000  # budget when none of --max-steps/--epochs/--minutes is given
+FINETUNE = {  # TrainConfig's defaults that differ when --init-from starts from a trained model (bench/finetune.py)
+    "lr": 2e-3,  # a third of a new run's: as low a held-out loss as 3e-3 and 6e-3 on a small text, overfitting it
+    # far later; --warmup-steps stays 20 (50 started slower and ended no better)
+}
 
 
 def between(low: float, high: float) -> Callable[[float], bool]:
@@ -116,6 +123,7 @@ RULES: dict[str, tuple[Callable, str]] = {  # name: (test of a value, what the t
     "max_nonfinite": POSITIVE,
     "val_frac": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "val_chars": (between(0, math.inf), "must be >= 0 (0 = no cap)"),
+    "item_separator": (lambda v: v != "", "needs at least one character (\\n: one item per line)"),
     "min_char_count": NOT_NEGATIVE,
     "encoding_errors": one_of(ENCODING_ERRORS),
     "seed": (between(0, MAX_SEED), f"must be an integer from 0 to 2**64 - 1 ({MAX_SEED})"),

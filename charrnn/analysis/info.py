@@ -6,6 +6,7 @@ from pathlib import Path
 
 from charrnn import device as devices
 from charrnn.console import nats_bits, printable
+from charrnn.data import items
 from charrnn.model.files import find_checkpoint, load_model
 from charrnn.model.rnn import num_params
 
@@ -28,8 +29,35 @@ def describe(checkpoint: Path | None) -> str:
         f"corpus       {printable(meta['corpus']['name'])} ({printable(meta['corpus']['fingerprint'][:19])}...)",
         f"progress     step {p['step']}, epoch {epoch:.2f}, {p['elapsed_s']:.0f} s of training",
         f"best val     {best}",
+        *items_line(path, meta),
+        *lineage(meta.get("lineage")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def items_line(path: Path, meta: dict) -> list[str]:
+    """An items-mode run's separator and remembered items (data/items.py), if it is one."""
+    separator = meta["train"].get("item_separator")
+    if not separator:
+        return []
+    memory = path.parent / items.MEMORY
+    if not memory.exists():
+        return [f"items        separated by {printable(separator)}; no item memory ({items.MEMORY}) beside it"]
+    kept = items.load_memory(memory)
+    return [f"items        {len(kept.train) + len(kept.held_out):,} ({len(kept.held_out):,} held out), separated by "
+            f"{printable(separator)}; remembered in {items.MEMORY}"]
+
+
+def lineage(record: dict | None) -> list[str]:
+    """The line saying which model a fine-tuning run started from (training/finetune.py), if it did."""
+    if record is None:
+        return []
+    new = record["new"]
+    chars = (f"{len(new)} new character{'s' * (len(new) != 1)} "
+             f"{'read as U+FFFD (--keep-vocab)' if record['keep_vocab'] else 'added'}: "
+             f"{''.join(map(shown, new[:60]))}{' ...' if len(new) > 60 else ''}") if new else "no new characters"
+    return [f"started from {printable(record['file'])} (step {record['step']:,}, trained on "
+            f"{printable(record['corpus'])}; sha256 {record['sha256'][:16]}...); {chars}"]
 
 
 def shown(char: str) -> str:

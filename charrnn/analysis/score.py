@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from charrnn import cores
 from charrnn.config import TrainConfig
 from charrnn.console import printable, warn
+from charrnn.data import items
 from charrnn.data.batches import evaluation_streams
 from charrnn.data.text import label, read_lines, read_text
 from charrnn.data.vocab import Vocab
@@ -88,18 +89,19 @@ class LineScore:
 
 @torch.no_grad()
 def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torch.device,
-                precision: str = "fp32") -> Iterator[LineScore]:
-    """Each line (newline included) scored on its own, as if it followed a newline: comparable across lines,
-    independent of their order. Without a newline in the vocab a line's first character is context only."""
+                precision: str = "fp32", line_end: str = "\n") -> Iterator[LineScore]:
+    """Each line (its end included) scored on its own, as if it followed a line end: comparable across lines,
+    independent of their order. Without the line end in the vocab a line's first character is context only.
+    line_end: "\\n", or an item separator (score --items)."""
     model.eval()
-    newline = vocab.index.get("\n")
+    before = torch.from_numpy(vocab.encode(line_end).astype(np.int64)) if not vocab.unknown(line_end) else None  # (S,)
     for line in lines:
         cores.tick()
         kept, unknown = drop_unknown(vocab, line)
         ids = torch.from_numpy(vocab.encode(kept).astype(np.int64))  # (n,)
-        if newline is not None:
-            ids = torch.cat([torch.tensor([newline]), ids])  # (n + 1,): as if after a newline
-        text = line[:-1] if line.endswith("\n") else line
+        if before is not None:
+            ids = torch.cat([before, ids])  # (S + n,): as if after a line end
+        text = line.removesuffix(line_end)
         if len(ids) < 2:
             yield LineScore(math.nan, 0, text, unknown, len(line) - len(kept))
             continue
@@ -114,10 +116,15 @@ def score_lines(model: CharRNN, vocab: Vocab, lines: Iterable[str], device: torc
 
 
 def score(*, sources: list[str], checkpoint: Path | None, device_name: str, precision: str, as_json: bool,
-          errors: str, per_line: bool) -> Iterator[str]:
+          errors: str, per_line: bool, items_by: str | None = None) -> Iterator[str]:
     """`charrnn score`: what goes to stdout, the whole text's report or one line per input line as each arrives;
-    with several files one row each and their total; warnings (characters skipped, bytes replaced) on stderr."""
+    with several files one row each and their total; (items_by: "" for the run's separator) one row per item;
+    warnings (characters skipped, bytes replaced) on stderr."""
     model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "scoring with")
+    if items_by is not None:
+        separator = items_by or meta["train"].get("item_separator") or "\n"
+        yield from each_item(model, vocab, sources[0], separator, device, precision, as_json, errors)
+        return
     if per_line:
         yield from each_line(model, vocab, sources[0], device, precision, as_json, errors)
         return
@@ -195,6 +202,26 @@ def each_line(model: CharRNN, vocab: Vocab, source: str, device: torch.device, p
     for line in replaced:
         warn(line)
     warn_unknown(sorted(unknown), count)
+
+
+def each_item(model: CharRNN, vocab: Vocab, source: str, separator: str, device: torch.device, precision: str,
+              as_json: bool, errors: str) -> Iterator[str]:
+    """`score --items`: every item of the list scored alone, after the separator and with it (its end counts, as
+    in training's validation), likeliest first: `bits_per_char<TAB>item`, or JSON Lines."""
+    _, text, replaced = read_text(source, errors)
+    if replaced:
+        warn(replaced)
+    listed = items.text_items(text, separator)
+    if not listed:
+        raise CharrnnError(f"{printable(label(source))} has no items between {separator!r} separators")
+    scores = list(score_lines(model, vocab, (item + separator for item in listed), device, precision, separator))
+    for s in sorted(scores, key=lambda s: (math.isnan(s.bits_per_char), s.bits_per_char)):
+        if as_json:
+            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
+                              "scored": s.scored, "item": s.line}, ensure_ascii=False) + "\n"
+        else:
+            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+    warn_unknown(sorted(set().union(*(s.unknown for s in scores))), sum(s.oov for s in scores))
 
 
 def warn_unknown(unknown: list[str], count: int, where: str = "") -> None:

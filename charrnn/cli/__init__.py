@@ -167,8 +167,45 @@ def threads_and_checks(threads: int | None, **values) -> None:
     set_threads(threads)
 
 
+def temperatures(text: str) -> list[float]:
+    """--temp 0.8, or several: 0.5,0.8,1.2; each checked by config.RULES."""
+    try:
+        values = [float(t) for t in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--temp must be a number, or numbers separated by commas (0.5,0.8,1.2), not "
+                         f"{text!r}") from None
+    for t in values:
+        settings.check({"temperature": t}, settings.flag)
+    return values
+
+
+def check_items(items: int, separator: str | None, new_only: bool, unique: bool, mark: bool, max_draws: int,
+                prime: object, each_line: bool, length: int, num_samples: int, stop: str | None) -> None:
+    """The item flags: counts in range, and each only where it applies."""
+    if not 0 <= items <= settings.MAX_ITEMS:
+        raise UsageError(f"--items must be from 1 to {settings.MAX_ITEMS:,} (0: plain text), not {items}")
+    if max_draws < 0:
+        raise UsageError(f"--max-draws must be >= 0 (0: 100 per item), not {max_draws}")
+    given = [f for f, on in (("--item-separator", separator is not None), ("--new-only", new_only),
+                             ("--unique", unique), ("--mark", mark), ("--max-draws", max_draws)) if on]
+    if given and not items:
+        raise UsageError(f"{given[0]} applies to items; add --items N")
+    if items and (prime or each_line):
+        raise UsageError("--items begins every item after the separator; leave out --prime, --prime-file and "
+                         "--each-line")
+    if items and (num_samples > 1 or stop is not None):
+        raise UsageError(f"--items N draws N items, each ended by the item separator; leave out "
+                         f"{'--num-samples' if num_samples > 1 else '--stop'}")
+    if items and length == 0:
+        raise UsageError("--items needs a --length to cap each item (0 would let an item that never ends run "
+                         "forever)")
+
+
 # The commands register on app as their modules load, in the order --help lists them.
 from charrnn.cli import making  # noqa: E402, F401
 
 # isort: split
 from charrnn.cli import looking  # noqa: E402, F401
+
+# isort: split
+from charrnn.cli import serving  # noqa: E402, F401

@@ -17,6 +17,7 @@ from charrnn.cli import (
     Threads,
     app,
     choice,
+    flag_text,
     one_checkpoint,
     reports_errors,
     threads_and_checks,
@@ -35,8 +36,13 @@ def score(
     checkpoint: CheckpointOpt = None,
     per_line: Annotated[bool, typer.Option("--per-line", help="Score each line on its own, as it arrives: "
                                            "bits_per_char<TAB>line, ready for sort -n.")] = False,
-    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line or "
-                                        "several FILEs).")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Write the report as JSON (JSON Lines with --per-line, "
+                                        "--items or several FILEs).")] = False,
+    items: Annotated[bool, typer.Option("--items", help="Score each item of a list alone (one per line, or per "
+                                        "--item-separator), its end included: bits_per_char<TAB>item, likeliest "
+                                        "first.")] = False,
+    item_separator: Annotated[str | None, typer.Option(help="What ends each item (\\n \\t \\r \\\\ "
+                                                       "understood). Default: the run's, else a line end.")] = None,
     encoding_errors: EncodingErrors = "strict",
     device: Device = "auto",
     precision: Precision = "auto",
@@ -64,16 +70,25 @@ def score(
     files = files or ["-"]
     if files.count("-") > 1:
         raise UsageError("- (stdin) can be read only once; give it once among the FILEs")
-    if per_line and len(files) > 1:
-        raise UsageError(f"--per-line scores one FILE, not {len(files)}; join them first (cat a.txt b.txt | "
-                         "charrnn score --per-line)")
+    item_separator = flag_text("--item-separator", item_separator, escapes=True)
+    if item_separator is not None and not items:
+        raise UsageError("--item-separator applies to --items; add it")
+    if item_separator == "":
+        raise UsageError("--item-separator needs at least one character (\\n: one item per line)")
+    if per_line and items:
+        raise UsageError("give --per-line or --items, not both")
+    for mode, on in (("--per-line", per_line), ("--items", items)):
+        if on and len(files) > 1:
+            raise UsageError(f"{mode} scores one FILE, not {len(files)}; join them first (cat a.txt b.txt | "
+                             f"charrnn score {mode})")
     if "-" in files and stdin_is_terminal():
         raise UsageError("give a FILE to score, or pipe text in (e.g. cat notes.txt | charrnn score)")
     stdout_open()
     from charrnn.analysis.score import score as score_text
 
     write_stream(score_text(sources=files, checkpoint=checkpoint, device_name=device, precision=precision,
-                            as_json=json_, errors=encoding_errors, per_line=per_line))
+                            as_json=json_, errors=encoding_errors, per_line=per_line,
+                            items_by=(item_separator or "") if items else None))
 
 
 @app.command()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,12 +18,14 @@ from charrnn.cli import (
     Precision,
     Threads,
     app,
+    check_items,
     choice,
     corpus_app,
     flag_text,
     one_checkpoint,
     opt,
     reports_errors,
+    temperatures,
     threads_and_checks,
 )
 from charrnn.console import info
@@ -50,7 +53,8 @@ def train(
     dropout: opt(float, f"Dropout. Default: {M.dropout}.") = None,
     batch_size: opt(int, f"Parallel streams B. Default: {T.batch_size}.") = None,
     seq_len: opt(int, f"Characters per BPTT window T. Default: {T.seq_len}.") = None,
-    lr: opt(float, f"Peak AdamW learning rate. Default: {T.lr}.") = None,
+    lr: opt(float, f"Peak AdamW learning rate. Default: {T.lr} ({settings.FINETUNE['lr']:g} with --init-from).")
+    = None,
     weight_decay: opt(float, f"AdamW weight decay. Default: {T.weight_decay}.") = None,
     warmup_steps: opt(int, f"Linear warmup steps. Default: {T.warmup_steps}.") = None,
     grad_clip: opt(float, f"Global grad-norm clip, 0 = off. Default: {T.grad_clip}.") = None,
@@ -62,6 +66,12 @@ def train(
     val_frac: opt(float, f"Held-out tail for validation. Default: {T.val_frac}.") = None,
     val_chars: opt(int, f"At most this many held-out characters; the rest trains. 0 = no cap. Default: "
                    f"{T.val_chars:,}.") = None,
+    items: Annotated[bool, typer.Option("--items", help="The text is a list, one item per line (names, titles): "
+                                        "items are shuffled with --seed, whole items held out, and the run "
+                                        "remembers them so sample --items can tell new items from copies.")]
+    = False,
+    item_separator: opt(str, "What separates items instead of a line end, e.g. '\\n\\n' for a blank line "
+                        "(\\n \\t \\r \\\\ understood); implies --items.") = None,
     seed: opt(int, f"Random seed. Default: {T.seed}.") = None,
     device: choice(settings.DEVICES, "auto (cuda, then mps, then cpu), cpu, cuda or mps. Default: auto.") = None,
     precision: choice(settings.PRECISIONS, "auto (bf16 autocast where the device has native bf16 and it was "
@@ -79,6 +89,16 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT/RUN exactly where it stopped.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run; with --resume, accept a "
                                         "changed corpus.")] = False,
+    init_from: Annotated[str | None, typer.Option(
+        "--init-from", metavar="RUN_OR_FILE", help="Fine-tune: start a new run from this model (a model file, a run "
+        "directory: its best, else last; or a run's name under --out). Its shape and weights are taken, characters "
+        "matched by what they are (the text's new ones added to the vocabulary, starting near probability 0); the "
+        "optimizer, schedule and budget start afresh. With it, --lr defaults to "
+        f"{settings.FINETUNE['lr']:g} and --dropout to the model's (on a small text, 0.2 keeps the held-out loss "
+        "from climbing).", show_default=False)] = None,
+    keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep that model's vocabulary; "
+                                             "characters it lacks are read as U+FFFD (refused if it has none).")]
+    = False,
 ) -> None:
     """Train a model on INPUTS; checkpoints land in OUT/RUN/."""
     flags = dict(min_char_count=min_char_count, encoding_errors=encoding_errors, cell=cell, hidden_size=hidden_size,
@@ -86,7 +106,9 @@ def train(
                  seq_len=seq_len, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, grad_clip=grad_clip,
                  max_steps=max_steps, epochs=epochs, minutes=minutes, log_every=log_every, eval_every=eval_every,
                  val_frac=val_frac, val_chars=val_chars, seed=seed, device=device, precision=precision,
-                 decay_steps=decay_steps, save_every=save_every)
+                 decay_steps=decay_steps, save_every=save_every,
+                 item_separator=flag_text("--item-separator", item_separator, escapes=True) if item_separator
+                 is not None else "\n" if items else None)
     from charrnn.launch import launched
 
     if launched():  # one process of a torchrun launch
@@ -94,7 +116,8 @@ def train(
     else:
         from charrnn.training.session import train as run_training
     run_training(inputs=inputs, glob=glob, out=out, run=run, config_file=config, force=force, resume=resume,
-                 flags={k: v for k, v in flags.items() if v is not None}, threads=threads)
+                 flags={k: v for k, v in flags.items() if v is not None}, threads=threads,
+                 init_from=init_from, keep_vocab=keep_vocab)
 
 
 @app.command()
@@ -102,8 +125,9 @@ def train(
 def sample(
     checkpoint: Checkpoint = None,
     checkpoint_opt: CheckpointOpt = None,
-    temp: Annotated[float, typer.Option("--temp", "--temperature", "-t", help="Softmax temperature; 0 = always the "
-                                        "likeliest.")] = S.temperature,
+    temp: Annotated[str, typer.Option("--temp", "--temperature", "-t", help="Softmax temperature; 0 = always the "
+                                      "likeliest. Several, comma-separated (0.5,0.8,1.2): one block each, with "
+                                      "the same --seed.")] = f"{S.temperature:g}",
     top_k: Annotated[int, typer.Option(help="Draw only from the K likeliest characters; 0 = off.")] = S.top_k,
     top_p: Annotated[float, typer.Option(help="Nucleus: draw only from the likeliest characters whose "
                                          "probabilities sum to P, in (0, 1]; 1 = off.")] = S.top_p,
@@ -112,6 +136,8 @@ def sample(
     prime: Annotated[str, typer.Option("--prime", "-p", help="Text to start from, printed first; - reads it "
                                        "from stdin.")] = "",
     prime_file: Annotated[Path | None, typer.Option(help="Read the prime from this UTF-8 file.")] = None,
+    each_line: Annotated[bool, typer.Option("--each-line", help="One continuation per line of --prime-file (or "
+                                            "--prime -), batched, in the file's order.")] = False,
     num_samples: Annotated[int, typer.Option(help="Samples drawn together as one batch, written one after "
                                              "another.")] = S.num_samples,
     separator: Annotated[str, typer.Option(help="Written between samples (\\n \\t \\r \\\\ understood).")]
@@ -120,11 +146,31 @@ def sample(
                                              "(\\n \\t \\r \\\\ understood); else at --length.")] = None,
     seed: Annotated[int | None, typer.Option(help="Same checkpoint + same seed + same options = same text.")]
     = None,
+    headers: Annotated[bool, typer.Option("--headers", help="Head each temperature's block with a line naming it "
+                                          "(the default when stdout is a terminal and several are given).")]
+    = False,
+    items: Annotated[int, typer.Option("--items", help="Write N items (a run trained with --items, or any with "
+                                       "--item-separator), each begun after the separator and ended by it; "
+                                       "--length caps each item.")] = 0,
+    item_separator: Annotated[str | None, typer.Option(help="Ends each item (\\n \\t \\r \\\\ understood). "
+                                                       "Default: the run's.")] = None,
+    new_only: Annotated[bool, typer.Option("--new-only", help="Write only items that copy no training or held-out "
+                                           "item, drawing until N are written.")] = False,
+    unique: Annotated[bool, typer.Option("--unique", help="Write each item once, drawing until N are written.")]
+    = False,
+    mark: Annotated[bool, typer.Option("--mark", help="Put new, train or held-out and a tab before each item.")]
+    = False,
+    max_draws: Annotated[int, typer.Option(help="With --new-only or --unique, give up after drawing this many "
+                                           "items. 0: 100 per item asked for.")] = 0,
     device: Device = "auto",
     precision: Precision = "auto",
     threads: Threads = None,
 ) -> None:
     """Write generated text to stdout (UTF-8), streamed as it is made.
+
+    --items N writes N items, one per line (or per --item-separator),
+    and on stderr how many were new and how many copied training or
+    held-out items (from the run's item memory, items.safetensors).
 
     Prime characters outside the model's vocabulary are skipped, with a
     warning on stderr. With --num-samples, the first sample streams live;
@@ -138,7 +184,15 @@ def sample(
     """
     if prime_file is not None and prime:
         raise UsageError("give either --prime or --prime-file, not both")
-    cfg = settings.SampleConfig(length=length, temperature=temp, top_k=top_k, top_p=top_p, num_samples=num_samples,
+    temps = temperatures(temp)
+    item_separator = flag_text("--item-separator", item_separator, escapes=True)
+    check_items(items, item_separator, new_only, unique, mark, max_draws, prime or prime_file, each_line, length,
+                num_samples, stop)
+    if each_line and prime_file is None and prime != "-":
+        raise UsageError("--each-line continues each line of --prime-file PATH (or --prime - for stdin); give one")
+    if each_line and num_samples > 1:
+        raise UsageError("--each-line writes one continuation per line; leave out --num-samples")
+    cfg = settings.SampleConfig(length=length, temperature=temps[0], top_k=top_k, top_p=top_p, num_samples=num_samples,
                                 separator=flag_text("--separator", separator, escapes=True),
                                 stop=flag_text("--stop", stop, escapes=True),
                                 seed=seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
@@ -146,10 +200,19 @@ def sample(
     target, prime = one_checkpoint(checkpoint, checkpoint_opt), flag_text("--prime", prime)
     threads_and_checks(threads, precision=precision)
     stdout_open()
+    headers = headers or (len(temps) > 1 and sys.stdout.isatty())
+    if items:
+        from charrnn.generation.items import Wanted, sample_items
+
+        wanted = Wanted(items, item_separator, new_only, unique, mark, max_draws)
+        write_stream(sample_items(checkpoint=target, cfg=cfg, wanted=wanted, temperatures=temps, headers=headers,
+                                  device_name=device, precision=precision))
+        return
     from charrnn.generation.sample import sample_text
 
     write_stream(sample_text(checkpoint=target, cfg=cfg, device_name=device, precision=precision, prime=prime,
-                             prime_file=prime_file))
+                             prime_file=prime_file, temperatures=temps, each_line=each_line, headers=headers))
+
 
 
 @corpus_app.command("list")

@@ -34,6 +34,31 @@ def write_python(out: Path) -> int:
     return chars
 
 
+def python_names() -> list[str]:
+    """The public names the standard library defines: its modules, and the functions, classes and methods of its
+    .py files (read with ast, nothing imported), sorted, each once."""
+    import ast
+    import sys
+
+    names = {m for m in sys.stdlib_module_names if not m.startswith("_")}
+    for path in python_sources():
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):
+            continue  # a file this interpreter cannot parse: the list does without it
+        defined = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        nodes = [*tree.body, *(n for c in tree.body if isinstance(c, ast.ClassDef) for n in c.body)]  # and methods
+        names.update(n.name for n in nodes if isinstance(n, defined) and not n.name.startswith("_"))
+    return sorted(names)
+
+
+def write_python_names(out: Path) -> int:
+    text = "".join(name + "\n" for name in python_names())
+    with replacing(out, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return len(text)
+
+
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
@@ -47,6 +72,9 @@ def write_shakespeare(out: Path, url: str | None = None) -> int:
 CATALOGUE = {  # name: (what it is, its size and where it comes from; writer(out, url) -> characters written)
     "python": ("the Python standard library's own source, about 12 MB, from this interpreter (no download)",
                lambda out, url: write_python(out)),
+    "python-names": ("the names of the Python standard library's modules, classes, functions and methods, one per "
+                     "line, about 7,000, from this interpreter (no download): a list for train --items",
+                     lambda out, url: write_python_names(out)),
     "tinyshakespeare": ("tiny Shakespeare, 1,115,394 characters (1.1 MB), downloaded from " + SHAKESPEARE_URL,
                         write_shakespeare),
 }

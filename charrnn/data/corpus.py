@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.data import idcache
+from charrnn.data.items import Items
 from charrnn.data.sources import Inputs, Source, count_skipped
 from charrnn.data.text import BadBytes, Reader
 from charrnn.data.vocab import REPLACEMENT, Vocab
@@ -40,11 +41,20 @@ class Corpus:
     note: str = ""  # whether the id cache was reused or rebuilt, for the caller to report
     notes: list[str] = field(default_factory=list)  # for the caller to report: files skipped, rare characters
     warnings: list[str] = field(default_factory=list)  # for the caller to warn about: invalid bytes replaced, ...
+    items: Items | None = None  # items mode: the items, shuffled and split (session.splits makes them)
 
     def split(self, val_frac: float, val_chars: int) -> tuple[np.ndarray, np.ndarray]:
         """Contiguous (train, val): the last val_frac of the text, at most val_chars characters, is validation."""
         n_val = held_out(len(self.ids), val_frac, val_chars)
         return self.ids[: len(self.ids) - n_val], self.ids[len(self.ids) - n_val :]
+
+
+    def described(self, val_frac: float, val_chars: int, seed: int) -> str:
+        """How the corpus is split: characters held out, or (items mode) items."""
+        if self.items is None:
+            return f"{len(self.ids):,} characters ({held_out(len(self.ids), val_frac, val_chars):,} held out)"
+        return (f"{plural(len(self.items.starts), 'item')} ({self.items.n_val:,} held out, whole; shuffled with "
+                f"--seed {seed}) in {len(self.ids):,} characters")
 
 
 def held_out(n: int, val_frac: float, val_chars: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -9,11 +10,12 @@ from pathlib import Path
 import torch
 
 from charrnn import cores
-from charrnn.config import SampleConfig
+from charrnn.config import MAX_SAMPLES, SampleConfig
 from charrnn.console import warn
 from charrnn.data.text import read_text
 from charrnn.data.vocab import Vocab
 from charrnn.device import autocast
+from charrnn.errors import CharrnnError
 from charrnn.model.files import load_chosen
 from charrnn.model.rnn import CharRNN, State
 from charrnn.model.steps import step_for
@@ -90,21 +92,33 @@ def warm_up(model: CharRNN, vocab: Vocab, prime: str, gen: torch.Generator,
     return logits[:, -1].float(), tuple(s.float() for s in state)
 
 
+def start(model: CharRNN, vocab: Vocab, primes: list[str], gen: torch.Generator, device: torch.device,
+          precision: str) -> tuple[torch.Tensor, State]:
+    """Logits (N, V) and state (each (layers, N, H)) after each of N primes: one warm-up per prime, in order."""
+    warmed = [warm_up(model, vocab, prime, gen, device, precision) for prime in primes]
+    logits = torch.cat([w[0] for w in warmed])  # (N, V)
+    return logits, tuple(torch.cat(parts, dim=1) for parts in zip(*(w[1] for w in warmed), strict=True))
+
+
 def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
-                   fast: bool = True, precision: str = "fp32") -> Iterator[Piece]:
+                   fast: bool = True, precision: str = "fp32", primes: list[str] | None = None) -> Iterator[Piece]:
     """Pieces of cfg.num_samples samples drawn together: one step per character for every unfinished sample,
     fused (model/steps.py; bf16 precision: bf16 weights) when fast and the model allows it, else through the
-    model's modules.
+    model's modules. Every sample continues cfg.prime, or (primes) sample i continues primes[i].
 
     A sample ends after cfg.length characters (never, if 0) or once its generated text ends with cfg.stop;
     finished samples leave the batch. Only the model's own modules need no_grad (ModelStep, warm_up): a no_grad
     around this generator would be entered and left at every character."""
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    n = cfg.num_samples
-    logits, state = warm_up(model, vocab, cfg.prime, gen, device, precision)  # (1, V)
-    logits = logits.expand(n, -1)  # (N, V): every sample starts from the primed state
-    state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # each (layers, N, H)
+    if primes is not None:
+        n = len(primes)
+        logits, state = start(model, vocab, primes, gen, device, precision)  # (N, V), each (layers, N, H)
+    else:
+        n = cfg.num_samples
+        logits, state = warm_up(model, vocab, cfg.prime, gen, device, precision)  # (1, V)
+        logits = logits.expand(n, -1)  # (N, V): every sample starts from the primed state
+        state = tuple(s.expand(-1, n, -1).contiguous() for s in state)  # each (layers, N, H)
     step = step_for(model, state, fast, precision)
     noise = Noise(gen, n, len(vocab))
     on_cpu = device.type == "cpu"  # logits (always fp32) and ids need no moving: a call saved per character
@@ -133,14 +147,16 @@ def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, d
         logits = step(ids if on_cpu else ids.to(device))  # (rows, V)
 
 
-def in_order(events: Iterable[Piece], n: int, prime: str, separator: str) -> Iterator[str]:
-    """The text of samples 0..n-1 one after another, separator between, each starting with the prime.
+def in_order(events: Iterable[Piece], n: int, prime: str | list[str], separator: str) -> Iterator[str]:
+    """The text of samples 0..n-1 one after another, separator between, each starting with the prime (or with
+    its own, prime[i]).
 
     The first unfinished sample streams live; later ones wait in a buffer and are written when their turn
     comes, so the output equals the samples written one by one."""
     buffers: list[list[str]] = [[] for _ in range(n)]
     done, head = [False] * n, 0
-    yield prime
+    primes = [prime] * n if isinstance(prime, str) else prime
+    yield primes[0]
     for i, ch in events:
         if ch is None:
             done[i] = True
@@ -151,7 +167,7 @@ def in_order(events: Iterable[Piece], n: int, prime: str, separator: str) -> Ite
         while head < n and done[head]:
             head += 1
             if head < n:
-                yield separator + prime + "".join(buffers[head])
+                yield separator + primes[head] + "".join(buffers[head])
                 buffers[head] = []
 
 
@@ -173,14 +189,48 @@ def read_prime(prime: str, prime_file: Path | None) -> str:
     return prime
 
 
-def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str, precision: str,
-                prime: str, prime_file: Path | None) -> Iterator[str]:
-    """`charrnn sample`: the text of cfg.num_samples samples, each the prime then its continuation, separated."""
-    cfg.prime = read_prime(prime, prime_file)
+def prime_lines(text: str) -> list[str]:
+    """--each-line: the prime text's lines, each without its line end, in order."""
+    lines = text.split("\n")
+    if lines[-1] == "":  # the last line's newline ends it; it starts no line of its own
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
+def heading(temperature: float) -> str:
+    return f"== temperature {temperature:g} ==\n"
+
+
+def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str, precision: str, prime: str,
+                prime_file: Path | None, temperatures: list[float] | None = None, each_line: bool = False,
+                headers: bool = False) -> Iterator[str]:
+    """`charrnn sample`: the text of cfg.num_samples samples, each the prime then its continuation, separated; or
+    (each_line) one continuation per line of the prime, batched. One block per temperature, each with cfg.seed (as
+    a run at that temperature alone), headed by its temperature when headers."""
+    text = read_prime(prime, prime_file)
+    primes = prime_lines(text) if each_line else None
+    if primes == []:
+        raise CharrnnError(f"{'--prime-file ' + str(prime_file) if prime_file else 'the prime'} has no lines to "
+                           "continue (--each-line)")
+    rows = len(primes) if primes else cfg.num_samples
     model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
-                                                     cfg.num_samples)
-    unknown = vocab.unknown(cfg.prime)
+                                                     min(rows, MAX_SAMPLES))
+    unknown = vocab.unknown(text)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
-    pieces = generate_batch(model, vocab, cfg, cfg.seed, device, precision=precision)
-    yield from in_order(pieces, cfg.num_samples, cfg.prime, cfg.separator)
+    cfg.prime = "" if primes else text
+    for k, temperature in enumerate(temperatures or [cfg.temperature]):
+        if k:
+            yield cfg.separator
+        if headers:
+            yield heading(temperature)
+        block = dataclasses.replace(cfg, temperature=temperature)
+        if primes is None:
+            yield from in_order(generate_batch(model, vocab, block, block.seed, device, precision=precision),
+                                block.num_samples, block.prime, block.separator)
+            continue
+        for lo in range(0, len(primes), MAX_SAMPLES):  # batches of at most MAX_SAMPLES lines
+            part = primes[lo : lo + MAX_SAMPLES]
+            yield from ([block.separator] if lo else [])
+            yield from in_order(generate_batch(model, vocab, block, block.seed, device, precision=precision,
+                                               primes=part), len(part), part, block.separator)

@@ -6,6 +6,7 @@ keep a crafted file from hanging or crashing a reader."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,9 @@ SECTIONS = {"model": dict, "train": dict, "vocab": list, "progress": dict, "corp
 NUMBER = (int, float)
 PROGRESS = {"step": int, "epoch": int, "window": int, "elapsed_s": NUMBER, "best_val": (*NUMBER, type(None)),
             "best_step": int, "skipped": int}  # what Recorder.meta writes; every number >= 0
+LINEAGE = {"file": str, "sha256": str, "step": int, "corpus": str, "keep_vocab": bool, "new": str}  # a fine-tuning
+# run's record of the model it started from (training/finetune.py): its file, SHA-256, step, corpus, --keep-vocab and
+# the characters new to it
 
 
 def check_meta(path: Path, meta: dict) -> None:
@@ -65,6 +69,23 @@ def check_meta(path: Path, meta: dict) -> None:
                                              for f in inputs)
     if not pairs:
         raise bad("corpus.files must be a list of [name, digest] pairs")
+    if (why := lineage_problem(meta.get("lineage"))) is not None:
+        raise bad(why)
+
+
+def lineage_problem(lineage) -> str | None:
+    """What is wrong with a file's "lineage" (a fine-tuning run's record of its source), or None; absent is
+    fine (a run trained from scratch, or a file from before fine-tuning)."""
+    if lineage is None:
+        return None
+    if not isinstance(lineage, dict) or lineage.keys() != LINEAGE.keys() or not all(
+            type(lineage[k]) is kind for k, kind in LINEAGE.items()):  # type(): a bool is no step
+        return f"lineage is not a JSON object of {', '.join(LINEAGE)} with their types"
+    if not re.fullmatch("[0-9a-f]{64}", lineage["sha256"]):
+        return "lineage.sha256 is not a SHA-256 in hex"
+    if not (0 <= lineage["step"] and config.fits(lineage["step"])):
+        return "lineage.step is not a number >= 0"
+    return None
 
 
 def surrogate(value, where: str = "metadata") -> str | None:

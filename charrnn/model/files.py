@@ -219,7 +219,8 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     The model is built on the meta device and takes the file's tensors, so a file whose config
     disagrees with its tensors (or asks for a huge model) fails before any memory is allocated."""
     tensors, meta = load(path)  # metadata checked: types, sizes within bounds, vocab size
-    folds = meta["train"].get("min_char_count", 0) > 1 and REPLACEMENT in meta["vocab"]
+    keeps = (meta.get("lineage") or {}).get("keep_vocab", False)  # fine-tuned with --keep-vocab: reads as trained
+    folds = (meta["train"].get("min_char_count", 0) > 1 or keeps) and REPLACEMENT in meta["vocab"]
     vocab = Vocab(meta["vocab"], fallback=REPLACEMENT if folds else None)
     with torch.device("meta"):
         model = CharRNN(ModelConfig(**meta["model"]), init=False)

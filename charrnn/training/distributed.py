@@ -23,7 +23,7 @@ from charrnn.console import console, info, warn
 from charrnn.data import corpus
 from charrnn.errors import CharrnnError, Interrupted, UsageError
 from charrnn.model.evaluate import evaluate_sums
-from charrnn.training import rundir, session, stops
+from charrnn.training import finetune, rundir, session, stops
 from charrnn.training.group import Group, Place, quiet
 from charrnn.training.trainer import NonFiniteError, Trainer
 
@@ -140,7 +140,8 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | None, config_file: Path | None,
-          flags: dict, force: bool, resume: bool, threads: int | None) -> None:
+          flags: dict, force: bool, resume: bool, threads: int | None, init_from: str | None = None,
+          keep_vocab: bool = False) -> None:
     """session.train for one process of a torchrun launch. Rank 0 speaks. Before the process group forms, the first
     process of every other node also says why it fails (every process checks the same flags, so one per node is
     enough, and a node whose corpus is missing is not silent); later, the first process to fail says why."""
@@ -151,7 +152,8 @@ def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | N
                          "it to a file and train on that")
     given, name, out, glob = session.prepare(inputs, config_file, flags,
                                              dict(run=run, out=out, glob=glob, threads=threads))
-    directory, tensors, meta, model_cfg, cfg = session.settings(inputs, out, name, given, resume)
+    source = finetune.load_source(init_from, keep_vocab, resume, out)  # every process starts from the same model
+    directory, tensors, meta, model_cfg, cfg = session.settings(inputs, out, name, given, resume, source)
     device = place.device(cfg.device)
     session.choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
     place.check_batch(cfg.batch_size, resume, directory)
@@ -166,7 +168,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | N
             for turn in (place.rank == 0, place.rank != 0):  # rank 0 builds the id cache; then the others read it
                 with group.agreed():
                     if turn:
-                        text = session.load_corpus(inputs, glob, out, cfg, meta, force)
+                        text = session.load_corpus(inputs, glob, out, cfg, meta, force, source)
             with group.agreed():
                 model = session.build_model(text, model_cfg, cfg, device)
                 trainer = DistTrainer(model, cfg, *session.splits(text, cfg), device, group)

@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from charrnn.atomic import HOST, replacing, umask
+from charrnn.data import items
 from charrnn.data.corpus import Corpus
+from charrnn.data.items import MEMORY
 from charrnn.errors import CharrnnError, UsageError
 from charrnn.model import files
 from charrnn.model.files import BEST, LAST
@@ -128,8 +130,17 @@ def release(held: Claim) -> None:
 
 def clear(directory: Path) -> None:
     """Remove a forced-over run's files, once the new run is ready to start."""
-    for name in (BEST, LAST, METRICS):
+    for name in (BEST, LAST, METRICS, MEMORY):
         (directory / name).unlink(missing_ok=True)
+
+
+def remember_items(directory: Path, corpus: Corpus) -> None:
+    """An items-mode run's item memory (items.safetensors): which items it trains on and which it holds out."""
+    train, held_out = corpus.items.hashes(corpus.ids)
+    try:
+        items.save_memory(directory / items.MEMORY, items.Memory(corpus.items.separator, train, held_out))
+    except OSError as e:
+        raise CharrnnError(f"cannot write {directory / items.MEMORY}: {e.strerror}") from None
 
 
 class Recorder:
@@ -174,10 +185,11 @@ class Recorder:
 
     def meta(self) -> dict:
         t = self.trainer
+        lineage = getattr(self.corpus, "lineage", None)  # a fine-tuning run's (training/finetune.py): where it began
         return {"model": dataclasses.asdict(t.model.cfg), "train": dataclasses.asdict(t.cfg),
                 "vocab": self.corpus.vocab.chars, "epoch": t.progress.epoch + t.progress.window / len(t.train_streams),
                 "corpus": {"name": self.corpus.name, "fingerprint": self.corpus.fingerprint,
-                           "files": self.corpus.files}}
+                           "files": self.corpus.files}, **({"lineage": lineage} if lineage else {})}
 
     def save(self, name: str, full: bool) -> None:
         """full: last.safetensors, all of Trainer.state_dict(); else best.safetensors, the model and progress."""

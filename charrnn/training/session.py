@@ -17,14 +17,14 @@ from charrnn import config, cores, launch
 from charrnn import device as devices
 from charrnn.config import MAX_PARAMS, ModelConfig, TrainConfig
 from charrnn.console import TrainReport, counted, duration, info, nats_bits, printable, warn
-from charrnn.data import corpus, sources
+from charrnn.data import corpus, items, sources
 from charrnn.data.batches import Streams, evaluation_streams, min_chars
 from charrnn.errors import CharrnnError, CheckpointError, Interrupted, UsageError
 from charrnn.generation.sample import generate
 from charrnn.model import files
 from charrnn.model.files import LAST
 from charrnn.model.rnn import CELLS, CharRNN, num_params
-from charrnn.training import rundir
+from charrnn.training import finetune, rundir
 from charrnn.training.stops import abort_on_signals, stop_on_signals
 from charrnn.training.trainer import NonFiniteError, Trainer
 
@@ -32,16 +32,19 @@ MAX_CHARS = 1 << 50  # the largest corpus check_size considers (a petabyte of te
 
 
 def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | None, config_file: Path | None,
-          flags: dict, force: bool, resume: bool, threads: int | None) -> None:
-    """Train a new run in OUT/RUN, or (resume) continue the one there exactly where it stopped."""
+          flags: dict, force: bool, resume: bool, threads: int | None, init_from: str | None = None,
+          keep_vocab: bool = False) -> None:
+    """Train a new run in OUT/RUN (init_from: starting from that model, training/finetune.py), or (resume) continue
+    the one there exactly where it stopped."""
     given, name, out, glob = prepare(inputs, config_file, flags, dict(run=run, out=out, glob=glob, threads=threads))
-    directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume)
+    source = finetune.load_source(init_from, keep_vocab, resume, out)
+    directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume, source)
     device = devices.pick(cfg.device)
     choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
     held = rundir.claim(directory, force, resume)
     try:
         with abort_on_signals():
-            text = load_corpus(inputs, glob, out, cfg, meta, force)
+            text = load_corpus(inputs, glob, out, cfg, meta, force, source)
             trainer = Trainer(build_model(text, model_cfg, cfg, device), cfg, *splits(text, cfg), device)
             if meta:
                 restore(trainer, tensors, meta, text, directory)
@@ -70,14 +73,16 @@ def prepare(inputs: list[str], config_file: Path | None, flags: dict,
     return given, name, Path(chosen.get("out", "checkpoints")), chosen.get("glob")
 
 
-def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool) -> tuple:
+def settings(inputs: list[str], out: Path, name: str, given: dict, resume: bool,
+             source: finetune.Source | None = None) -> tuple:
     """What train checks before it writes anything: (directory, tensors and metadata of the run resumed (else {}
-    and None), ModelConfig, TrainConfig)."""
+    and None), ModelConfig, TrainConfig). source: the model --init-from names, whose architecture the run takes."""
     rundir.check_name(name)
     refuse_checkpoints(inputs)
     directory = out / name
     tensors, meta = rundir.read_last(directory) if resume else ({}, None)
-    model_cfg, cfg = config.for_resume(meta["model"], meta["train"], given) if meta else config.build(given)
+    model_cfg, cfg = (config.for_resume(meta["model"], meta["train"], given) if meta else
+                      finetune.configs(source, given) if source else config.build(given))
     return directory, tensors, meta, model_cfg, cfg
 
 
@@ -105,7 +110,8 @@ def refuse_checkpoints(inputs: list[str]) -> None:
         if arg.endswith(".safetensors") and Path(arg).is_file():
             run_dir = Path(arg).parent
             again = shlex.join(["--out", str(run_dir.parent), "--run", run_dir.name])
-            raise UsageError(f"{arg} is a checkpoint, not text (--resume takes no argument); to continue its run, "
+            raise UsageError(f"{arg} is a checkpoint, not text (--resume takes no argument); to start a new run from "
+                             f"its weights: charrnn train NEW.txt --init-from {shlex.quote(arg)}; to continue its run, "
                              f"give the corpus and the run: charrnn train CORPUS {again} --resume")
 
 
@@ -135,9 +141,10 @@ def check_size(n: int, cfg: TrainConfig) -> None:
 
 
 def load_corpus(inputs: list[str], glob: str | None, out: Path, cfg: TrainConfig, meta: dict | None,
-                force: bool) -> corpus.Corpus:
+                force: bool, source: finetune.Source | None = None) -> corpus.Corpus:
     """The prepared corpus, checked against the run being resumed (meta) and against the window sizes; what
-    preparation found is reported here."""
+    preparation found is reported here. A fine-tuning run's (source, or a resumed one's meta) is read in its
+    model's characters."""
     cache = out / rundir.CACHE_DIR
     text = corpus.load(sources.collect(inputs, glob, cache, out), cache, cfg.min_char_count, cfg.encoding_errors)
     for line in text.warnings:
@@ -149,9 +156,11 @@ def load_corpus(inputs: list[str], glob: str | None, out: Path, cfg: TrainConfig
         raise CharrnnError(f"{text.name} is not the corpus this run was trained on ({was}, "
                            f"{differences(meta['corpus'].get('files', []), text.files)}); pass the same corpus, or "
                            "--force to continue on this one")
+    text = finetune.in_model_vocab(text, meta, source, cache)
     if meta and text.vocab.chars != meta["vocab"]:
         raise CharrnnError(f"{text.name} has a different character set from the run's corpus; cannot resume")
-    check_size(len(text.ids), cfg)
+    if not cfg.item_separator:  # items mode checks its layout once it is made (splits)
+        check_size(len(text.ids), cfg)
     info(text.note)
     return text
 
@@ -183,10 +192,11 @@ def build_model(text: corpus.Corpus, model_cfg: ModelConfig, cfg: TrainConfig, d
                            f"needs about {need / 1e9:,.1f} GB of memory, more than the {free / 1e9:,.1f} GB available "
                            f"on {device}; lower --batch-size or --seq-len")
     try:
-        return CharRNN(model_cfg).to(device)
+        model = CharRNN(model_cfg).to(device)
     except (RuntimeError, MemoryError):  # torch.OutOfMemoryError is a RuntimeError
         raise CharrnnError(f"a {size:,}-parameter model does not fit in memory on {device}; lower --hidden-size, "
                            "--num-layers or --embed-size") from None
+    return finetune.initialised(model, text)  # a new fine-tuning run's weights: its source's
 
 
 def step_bytes(model_cfg: ModelConfig, cfg: TrainConfig, params: int) -> int:
@@ -199,8 +209,13 @@ def step_bytes(model_cfg: ModelConfig, cfg: TrainConfig, params: int) -> int:
 
 
 def splits(text: corpus.Corpus, cfg: TrainConfig) -> tuple[Streams, Streams]:
-    """(training streams, validation streams) over the corpus's two parts."""
-    train_ids, val_ids = text.split(cfg.val_frac, cfg.val_chars)
+    """(training streams, validation streams) over the corpus's two parts: its text's tail, or (items mode) its
+    items shuffled, the last of them held out (kept in text.items)."""
+    if not cfg.item_separator:
+        train_ids, val_ids = text.split(cfg.val_frac, cfg.val_chars)
+    else:
+        text.items = items.split(text.ids, text.vocab, cfg, text.name)
+        train_ids, val_ids = text.items.train_ids, text.items.val_ids
     return Streams(train_ids, cfg.batch_size, cfg.seq_len), evaluation_streams(val_ids, cfg.batch_size, cfg.seq_len)
 
 
@@ -227,8 +242,8 @@ def restore(trainer: Trainer, tensors: dict, meta: dict, text: corpus.Corpus, di
 def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: list[str]) -> None:
     """Run the trainer with its listeners; signals save and stop at the next step boundary."""
     model_cfg, cfg = trainer.model.cfg, trainer.cfg
-    held = corpus.held_out(len(text.ids), cfg.val_frac, cfg.val_chars)
-    info(f"{text.name}: {len(text.ids):,} characters ({held:,} held out), {len(text.vocab)} distinct; {model_cfg.cell} "
+    info(f"{text.name}: {text.described(cfg.val_frac, cfg.val_chars, cfg.seed)}, {len(text.vocab)} distinct; "
+         f"{model_cfg.cell} "
          f"{model_cfg.num_layers}x{model_cfg.hidden_size}, {num_params(trainer.model):,} parameters on "
          f"{trainer.device}, {cfg.precision}, {cores.shown()}")
     if len(text.vocab) == 1:
@@ -237,6 +252,8 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
         warn(f"--warmup-steps {cfg.warmup_steps} is longer than the {trainer.total_steps:,.0f}-step budget: the "
              f"learning rate never reaches --lr {cfg.lr}")
     recorder = rundir.Recorder(directory, trainer, text)
+    if text.items is not None and not (directory / items.MEMORY).exists():  # a new run (or a resumed one without)
+        rundir.remember_items(directory, text)
     trainer.subscribe(recorder)
     trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
                                   lambda: preview(trainer, text.vocab), trainer.total_steps))
