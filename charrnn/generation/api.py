@@ -24,6 +24,7 @@ from charrnn.generation.job import Job
 from charrnn.generation.site import RequestLog, page_answer
 
 STATUS = {"timeout": 408, "shutdown": 503, "error": 500}  # a request that failed midway, answered whole
+PACE = 0.01  # seconds between two writes to one client: what the model made meanwhile goes in one write
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # proxies: pass each event on at once
 
 
@@ -139,6 +140,8 @@ class Answer:
                 left = 0
             if got:
                 yield got
+                if left and not self.gone:  # a write per character would cost more than the character
+                    await asyncio.sleep(PACE)
 
     def prompt(self, choice: int) -> str:
         return self.spec.prompts[choice // self.spec.n] if self.spec.echo else ""
