@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,15 +41,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=3.0)
     ap.add_argument("--names", type=Path, default=NAMES)
+    ap.add_argument("--flags", default="", help="more `charrnn train` flags, e.g. '--dropout 0.2'")
     args = ap.parse_args()
     if not args.names.exists():
         sys.exit(f"no {args.names}: this benchmark needs makemore's names.txt beside the repository")
     with tempfile.TemporaryDirectory(prefix="charrnn-items-") as work:
         run = Path(work) / "names"
         train_s, _, _ = charrnn("train", str(args.names), "--items", "--minutes", str(args.minutes), "--out", work,
-                                "--run", "names")
+                                "--run", "names", *shlex.split(args.flags))
         rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
-        best, steps = min(r["val_loss"] for r in rows if "val_loss" in r), rows[-1]["step"]
+        vals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+        best, steps = min(vals.values()), rows[-1]["step"]
         plain_s, _, err = charrnn("sample", str(run), "--items", "1000", "--temp", "0.8", "--seed", "1")
         counts = re.search(r"drew ([\d,]+) items, wrote ([\d,]+); ([\d,]+) new, ([\d,]+) cop(?:y|ies) of training "
                            r"items, ([\d,]+) of held-out items", err)
@@ -57,7 +60,8 @@ def main() -> None:
                                           "--new-only")
         start_s = min(charrnn("sample", str(run), "-n", "1", "--seed", "1")[0] for _ in range(3))
     lines = [
-        f"\n## {time.strftime('%Y-%m-%d')}, {cpu_name()}, `python bench/items.py --minutes {args.minutes:g}`\n",
+        f"\n## {time.strftime('%Y-%m-%d')}, {cpu_name()}, `python bench/items.py --minutes {args.minutes:g}"
+        f"{' --flags ' + shlex.quote(args.flags) if args.flags else ''}`\n",
         "| measure | charrnn | reference |", "|---|---:|---:|",
         f"| held-out loss, nats/char (end of name counted) after {args.minutes:g} min, {steps:,} steps | "
         f"{best:.4f} | makemore transformer {MAKEMORE} |",
@@ -67,6 +71,7 @@ def main() -> None:
         f"| wall time: `sample --items 1000 --new-only` ({new_out.count(chr(10)):,} written; "
         f"{new_err.strip().splitlines()[-1]}) | {new_s:.2f} s | {new_s - start_s:.2f} s over start-up (target <= 5) |",
         f"| training wall time | {train_s:.0f} s | |",
+        f"| held-out loss by step | {', '.join(f'{k}: {v:.3f}' for k, v in vals.items())} | |",
     ]
     print("\n".join(lines))
     with LOG.open("a", encoding="utf-8") as f:
