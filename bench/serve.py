@@ -29,18 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import SHAKESPEARE, cpu_name  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SHAKESPEARE = ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 LOG = ROOT / "bench" / "serve.log"
 TINY = ["--hidden-size", "16", "--embed-size", "8", "--num-layers", "1", "--batch-size", "4", "--seq-len", "16"]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def charrnn(*args, **kw) -> subprocess.CompletedProcess:

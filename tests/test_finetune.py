@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, cli, make_text
+from test_hostile import rewrite as crafted  # a model file with edited tensors or metadata and a valid checksum
 
 from charrnn import config
 from charrnn.data.batches import evaluation_streams
@@ -226,15 +227,6 @@ def test_resume_of_a_fine_tuning_run_is_bit_identical(sources, new_text):
     other.write_text(new_text.read_text(encoding="utf-8") + "Q", encoding="utf-8")
     line = one_error(cli("train", other, *TINY, "--run", "split", "--max-steps", "12", "--resume", "--force"), 1)
     assert "other.txt has 1 character the model does not know ('Q')" in line
-
-
-def crafted(source: Path, target: Path, edit) -> Path:
-    """target := source with edit(tensors, meta) applied and a valid checksum (as anyone can make)."""
-    tensors, meta = checkpoint.load(source)
-    meta.pop("format")
-    edit(tensors, meta)
-    checkpoint.save(target, tensors, meta)
-    return target
 
 
 def lineage_of(sha256) -> dict:
