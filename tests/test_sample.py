@@ -336,3 +336,15 @@ def test_output_is_utf8_whatever_the_locale(uni_ckpt):
     assert text.startswith("日🙂") and len(text) == 202
     assert set(text[2:]) - set(" \nab")  # non-ASCII characters were generated and written
     assert text == sample(uni_ckpt, "-n", "200", "-p", "日🙂", "--seed", "3")
+
+
+@pytest.mark.parametrize("n, vocab", [(1, 65), (3, 7), (32, 100), (1, 40_000)])
+def test_noise_in_growing_blocks_is_the_noise_of_one_draw(n, vocab):
+    """Noise cuts the generator's numbers into blocks that start short and double: the numbers, and so the text,
+    are those of one draw of every step at once."""
+    from charrnn.generation.sample import Noise
+
+    noise = Noise(torch.Generator().manual_seed(9), n, vocab)
+    steps = [noise.next() for _ in range(300)]  # (n, V) each
+    u = torch.rand(300, n, vocab, generator=torch.Generator().manual_seed(9))  # (300, n, V)
+    assert torch.equal(torch.stack(steps), -torch.log(-torch.log(u)))

@@ -47,17 +47,20 @@ def filtered_logprobs(logits: torch.Tensor, temperature: float, top_k: int = 0, 
 class Noise:
     """Gumbel noise for every sample and every step, drawn from one generator in blocks of steps: both steps of
     model/steps.py (the model's modules and the fused one) take the same random numbers, so they write the same
-    text."""
+    text. The generator's numbers come in order however the blocks are cut, so blocks start short (a sample of a
+    few characters, a server's request, pays for no more) and double up to about 1 MB."""
 
     def __init__(self, gen: torch.Generator, n: int, vocab_size: int):
         self.gen, self.n, self.V = gen, n, vocab_size
-        self.block_steps = max(1, (1 << 18) // (n * vocab_size))  # bounds a block to about 1 MB
+        self.block_steps = max(1, (1 << 18) // (n * vocab_size))  # the largest block: about 1 MB
+        self.steps = 8  # the next block's steps
         self.block: list[torch.Tensor] = []  # the block's steps not yet used, last first
 
     def next(self) -> torch.Tensor:
         """(n, V) Gumbel(0, 1) noise for this step."""
         if not self.block:
-            u = torch.rand(self.block_steps, self.n, self.V, generator=self.gen)  # (K, n, V) in [0, 1)
+            k, self.steps = min(self.steps, self.block_steps), 2 * self.steps
+            u = torch.rand(k, self.n, self.V, generator=self.gen)  # (K, n, V) in [0, 1)
             self.block = list(reversed((-torch.log(-torch.log(u))).unbind(0)))  # K views (n, V), made at once
         return self.block.pop()
 
