@@ -304,3 +304,14 @@ def test_a_run_directory_or_name_under_out_is_a_source(sources, new_text):
     result = cli("train", new_text, "--init-from", "base", *TINY, "--max-steps", "1")
     assert result.exit_code == 0, result.stderr
     assert "starting from checkpoints/base/best.safetensors" in result.stderr
+
+
+def test_a_run_never_starts_from_a_model_in_its_own_directory(sources, new_text):
+    """`train base.txt --init-from base --force` would remove the model it starts from: refused, nothing touched."""
+    shutil.copytree(sources["gru"], "checkpoints/base")
+    before = {p: p.read_bytes() for p in Path("checkpoints/base").iterdir()}
+    for extra in ([], ["--force"]):
+        result = cli("train", new_text, "--init-from", "base", "--run", "base", *TINY, "--max-steps", "1", *extra)
+        line = one_error(result, 2)
+        assert "lies in checkpoints/base, the run this would write; name the new run with --run NEW" in line
+    assert {p: p.read_bytes() for p in Path("checkpoints/base").iterdir()} == before

@@ -218,3 +218,31 @@ def test_the_memory_of_a_million_items_stays_within_tens_of_mb(tmp_path):
     assert 8_000_000 <= size < 8_100_000  # 8 bytes an item
     mem, _ = memory("m")
     assert len(mem.train) + len(mem.held_out) == 1_000_000
+
+
+def test_a_forced_resume_onto_an_edited_list_remembers_its_new_items(tmp_path):
+    words = [f"w{i:03d}" for i in range(200)]
+    (tmp_path / "l.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    train(tmp_path / "l.txt", "l", "--items", "--max-steps", "4", "--decay-steps", "8", "--eval-every", "4")
+    edited = [f"w{i:03d}" for i in range(500, 700)]  # the same characters: other items
+    (tmp_path / "l.txt").write_text("\n".join(edited) + "\n", encoding="utf-8")
+    train(tmp_path / "l.txt", "l", "--max-steps", "8", "--resume", "--force")
+    mem, vocab = memory("l")
+    assert set(mem.train.tolist()) | set(mem.held_out.tolist()) == hashes(edited, vocab)
+
+
+def test_a_run_that_fails_before_saving_leaves_no_directory(tmp_path, monkeypatch):
+    from conftest import nan_losses
+
+    from charrnn.training.trainer import Trainer
+
+    (tmp_path / "l.txt").write_text("\n".join(ABC * 4) + "\n", encoding="utf-8")
+    monkeypatch.setattr(Trainer, "step", nan_losses(lambda step: True))
+    result = cli("train", tmp_path / "l.txt", *FAST, "--items", "--run", "bad", "--max-steps", "20")
+    assert result.exit_code == 1 and not Path("checkpoints/bad").exists()
+
+
+def test_length_caps_an_items_own_characters(run):
+    lines, err = sample("--items", "30", "--length", "3", "--max-draws", "3000")
+    lengths = {len(line) for line in lines}
+    assert len(lines) == 30 and max(lengths) == 3  # an item of exactly --length characters is written

@@ -50,9 +50,10 @@ class Server:
     def client(self, **kw):
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key="none", **{"max_retries": 0, "timeout": 60, **kw})
 
-    def post(self, body, path: str = "/v1/completions") -> tuple[int, dict | str]:
+    def post(self, body, path: str = "/v1/completions", kind: str = "application/json") -> tuple[int, dict | str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        conn.request("POST", path, body=body if isinstance(body, bytes | str) else json.dumps(body))
+        conn.request("POST", path, body=body if isinstance(body, bytes | str) else json.dumps(body),
+                     headers={"content-type": kind} if kind else {})
         response = conn.getresponse()
         data = response.read().decode()
         conn.close()
@@ -242,6 +243,19 @@ def test_bad_requests_get_a_4xx_json_error_naming_the_field(server, body, status
     assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
     if param:
         assert param in error["message"]
+
+
+def test_a_timeout_of_zero_is_refused():
+    result = cli("serve", "--timeout", "0")
+    assert result.exit_code == 2 and "--timeout must be more than 0 seconds" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["text/plain", "application/x-www-form-urlencoded", ""])
+def test_a_body_that_is_not_sent_as_json_is_refused(server, kind):
+    """Another site's page can POST text/plain or a form without asking first (no CORS preflight): refused."""
+    code, answer = server.post({"model": "tiny", "prompt": "a"}, kind=kind)
+    assert code == 415 and answer["error"]["code"] == "unsupported_media_type"
+    assert "content-type: application/json" in answer["error"]["message"]
 
 
 def test_the_client_sees_the_message_and_the_server_goes_on(server):

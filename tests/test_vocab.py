@@ -166,3 +166,10 @@ def test_contains():
     v = of_text("ab😀")
     assert "a" in v and "😀" in v
     assert "c" not in v and "😁" not in v
+
+
+def test_a_lone_surrogate_is_a_character_no_vocabulary_has():
+    """JSON (a server's prompt) can carry one; it is unknown, read as the fallback where there is one."""
+    plain, kept = Vocab(list("ab")), Vocab(list("ab\ufffd"), fallback="\ufffd")
+    assert plain.unknown("a\ud800b") == ["\ud800"]
+    assert kept.decode(kept.encode("a\ud800b")) == "a\ufffdb"

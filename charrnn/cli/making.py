@@ -160,8 +160,9 @@ def sample(
     = False,
     mark: Annotated[bool, typer.Option("--mark", help="Put new, train or held-out and a tab before each item.")]
     = False,
-    max_draws: Annotated[int, typer.Option(help="With --new-only or --unique, give up after drawing this many "
-                                           "items. 0: 100 per item asked for.")] = 0,
+    max_draws: Annotated[int, typer.Option(help="Give up after drawing this many items (those dropped by "
+                                           "--new-only or --unique, empty or unfinished ones included). 0: 100 "
+                                           "per item asked for.")] = 0,
     device: Device = "auto",
     precision: Precision = "auto",
     threads: Threads = None,

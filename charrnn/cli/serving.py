@@ -60,6 +60,8 @@ def serve(
     for name, value in (("--timeout", timeout), ("--grace", grace)):
         if not math.isfinite(value):
             raise UsageError(f"{name} must be a finite number of seconds, not {value}")
+    if timeout <= 0:
+        raise UsageError(f"--timeout must be more than 0 seconds (every request would end at once), not {timeout}")
     threads_and_checks(threads, precision=precision)
     from charrnn.generation.serve import serve as serving
 

@@ -32,7 +32,8 @@ class Vocab:
     def encode(self, text: str) -> np.ndarray:
         """(N,) ids, vectorised: code points looked up by binary search. Every character must be known
         (or is read as the fallback)."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)  # (N,)
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)  # (N,); a lone
+        # surrogate (JSON can hold one) is a code point no vocabulary has
         ids = np.searchsorted(self._codes, codes)  # (N,)
         known = ids < len(self)
         known[known] = self._codes[ids[known]] == codes[known]

@@ -24,6 +24,8 @@ from charrnn.generation.job import Job
 from charrnn.generation.site import RequestLog, page_answer
 
 STATUS = {"timeout": 408, "shutdown": 503, "error": 500}  # a request that failed midway, answered whole
+SLACK = 10.0  # seconds past a request's --timeout that writing its answer may take: a client that stops reading
+# holds its slot no longer
 PACE = 0.01  # seconds between two writes to one client: what the model made meanwhile goes in one write
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # proxies: pass each event on at once
 
@@ -87,6 +89,10 @@ async def completions(request: Request):
     if hub.closing:
         raise ApiError(503, "the server is shutting down; it takes no more requests", code="shutting_down",
                        kind="server_error")
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":  # a form or text/plain POST from another site's page needs no CORS preflight
+        raise ApiError(415, f"send the body as JSON with content-type: application/json, not {kind or 'none'}",
+                       code="unsupported_media_type")
     spec = parse(await read_body(request, hub.limits.max_body), list(hub.models), hub.limits)
     if hub.active >= hub.limits.max_requests:  # counted from here on: no await between the test and the count
         raise ApiError(429, f"this server is answering {hub.active} requests, its limit (--max-requests); try again "
@@ -103,7 +109,7 @@ class Answer:
 
     def __init__(self, hub: Hub, job: Job):
         self.hub, self.job, self.spec = hub, job, job.spec
-        self.reply, self.ready, self.gone = Reply(job.spec), asyncio.Event(), False
+        self.reply, self.ready, self.gone, self.answered = Reply(job.spec), asyncio.Event(), False, False
 
     async def __call__(self, scope, receive, send) -> None:
         """Answers the request; hub.active, counted when it was let in, is given back at the end."""
@@ -111,8 +117,13 @@ class Answer:
         watch = asyncio.create_task(self.watch(receive))
         try:
             self.hub.models[self.spec.model].batcher.submit(self.job)
-            await (self.stream(send) if self.spec.stream else self.whole(send))
-        except OSError:  # the client went away while being written to
+
+            async def timed(message) -> None:  # a client that stops reading holds its slot no longer than this
+                self.answered |= message["type"] == "http.response.body" and not message.get("more_body", False)
+                await asyncio.wait_for(send(message), max(0.0, self.job.deadline + SLACK - time.monotonic()))
+
+            await (self.stream(timed) if self.spec.stream else self.whole(timed))
+        except (OSError, asyncio.TimeoutError):  # the client went away, or stopped reading
             self.gone = True
         finally:
             self.job.cancelled |= self.gone
@@ -124,7 +135,8 @@ class Answer:
         """Waits for the client to hang up: its rows then leave the batch, and the answer ends."""
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.gone = self.job.cancelled = True
+        if not self.answered:  # a client that hangs up once answered is not gone early
+            self.gone = self.job.cancelled = True
         self.ready.set()
 
     async def events(self):

@@ -66,6 +66,7 @@ def rounds(model: CharRNN, vocab: Vocab, cfg: SampleConfig, separator: str, devi
     a sample that reached --length without ending."""
     for r, n in enumerate(batch):
         round_cfg = dataclasses.replace(cfg, prime=separator, stop=separator, num_samples=n,
+                                        length=cfg.length + len(separator),  # --length: the item's own
                                         seed=(cfg.seed + r * GOLDEN) % (1 << 64))
         texts, ended = [[] for _ in range(n)], [False] * n
         for i, ch in generate_batch(model, vocab, round_cfg, round_cfg.seed, device, precision=precision):

@@ -218,7 +218,7 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
     rows = len(primes) if primes else cfg.num_samples
     model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
                                                      min(rows, MAX_SAMPLES))
-    unknown = vocab.unknown(text)
+    unknown = vocab.unknown("".join(primes) if primes else text)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
     cfg.prime = "" if primes else text

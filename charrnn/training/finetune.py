@@ -96,6 +96,13 @@ def load_source(init_from: str | None, keep_vocab: bool, resume: bool, out: Path
     return Source(path, model, vocab, meta, sha256, keep_vocab)
 
 
+def check_apart(source: Source | None, directory: Path) -> None:
+    """A fine-tuning run never writes where its source lies: --force would remove the model it starts from."""
+    if source is not None and source.path.resolve().parent == directory.resolve():
+        raise UsageError(f"--init-from {source.path} lies in {directory}, the run this would write; name the new "
+                         "run with --run NEW")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -118,8 +118,9 @@ def release(held: Claim) -> None:
     saved a checkpoint (and the corpus cache, when OUT itself is new); anything else stays. The lock is freed."""
     directory, created = held.directory, held.created
     if directory in created and not (directory / LAST).exists():
-        with contextlib.suppress(OSError):
-            (directory / METRICS).unlink()
+        for name in (METRICS, MEMORY):
+            with contextlib.suppress(OSError):
+                (directory / name).unlink()
     if directory.parent in created:  # OUT is this command's own, and so is the corpus cache in it
         shutil.rmtree(directory.parent / CACHE_DIR, ignore_errors=True)
     unlock(held)

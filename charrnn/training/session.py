@@ -39,6 +39,7 @@ def train(*, inputs: list[str], glob: str | None, out: Path | None, run: str | N
     given, name, out, glob = prepare(inputs, config_file, flags, dict(run=run, out=out, glob=glob, threads=threads))
     source = finetune.load_source(init_from, keep_vocab, resume, out)
     directory, tensors, meta, model_cfg, cfg = settings(inputs, out, name, given, resume, source)
+    finetune.check_apart(source, directory)
     device = devices.pick(cfg.device)
     choose_precision(cfg, model_cfg, meta, device, directory, "precision" in given)
     held = rundir.claim(directory, force, resume)
@@ -252,7 +253,7 @@ def train_loop(trainer: Trainer, text: corpus.Corpus, directory: Path, inputs: l
         warn(f"--warmup-steps {cfg.warmup_steps} is longer than the {trainer.total_steps:,.0f}-step budget: the "
              f"learning rate never reaches --lr {cfg.lr}")
     recorder = rundir.Recorder(directory, trainer, text)
-    if text.items is not None and not (directory / items.MEMORY).exists():  # a new run (or a resumed one without)
+    if text.items is not None:  # at every start: a resume with --force may have changed the items
         rundir.remember_items(directory, text)
     trainer.subscribe(recorder)
     trainer.subscribe(TrainReport(lambda: max(trainer.progress.step / trainer.total_steps, trainer.time_frac()),
