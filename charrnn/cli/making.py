@@ -94,8 +94,8 @@ def train(
         "directory: its best, else last; or a run's name under --out). Its shape and weights are taken, characters "
         "matched by what they are (the text's new ones added to the vocabulary, starting near probability 0); the "
         "optimizer, schedule and budget start afresh. With it, --lr defaults to "
-        f"{settings.FINETUNE['lr']:g} and --dropout to the model's (on a small text, 0.2 keeps the held-out loss "
-        "from climbing).", show_default=False)] = None,
+        f"{settings.FINETUNE['lr']:g} and --dropout to the model's, at least {settings.FINETUNE_DROPOUT:g} (a small "
+        "text overfits).", show_default=False)] = None,
     keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep that model's vocabulary; "
                                              "characters it lacks are read as U+FFFD (refused if it has none).")]
     = False,

@@ -113,14 +113,16 @@ def file_sha256(path: Path) -> str:
 
 def configs(source: Source, given: dict) -> tuple[ModelConfig, TrainConfig]:
     """The run's configs: the source's architecture (a given setting that differs is refused, naming its flag),
-    --dropout if given, else the source's; config.FINETUNE's defaults under the given training settings."""
+    --dropout if given, else the source's but at least config.FINETUNE_DROPOUT; config.FINETUNE's defaults under
+    the given training settings."""
     model = source.meta["model"]
     differs = [f"{config.flag(k)} {given[k]} (the model has {model[k]})" for k in ARCHITECTURE
                if k in given and given[k] != model[k]]
     if differs:
         raise UsageError(f"--init-from {source.path} sets the model's shape, and {'; '.join(differs)} would change "
                          f"it; drop {'it' if len(differs) == 1 else 'them'} (or train a new model without --init-from)")
-    shape = {k: model[k] for k in ARCHITECTURE} | {"dropout": given.get("dropout", model["dropout"])}
+    dropout = given.get("dropout", max(model["dropout"], config.FINETUNE_DROPOUT))
+    shape = {k: model[k] for k in ARCHITECTURE} | {"dropout": dropout}
     return config.build({**config.FINETUNE, **given, **shape})
 
 
