@@ -194,11 +194,7 @@ def each_line(model: CharRNN, vocab: Vocab, source: str, device: torch.device, p
     for s in score_lines(model, vocab, read_lines(source, errors, replaced), device, precision):
         unknown.update(s.unknown)
         count += s.oov
-        if as_json:
-            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
-                              "scored": s.scored, "line": s.line}, ensure_ascii=False) + "\n"
-        else:
-            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+        yield scored_row(s, "line", as_json)
     for line in replaced:
         warn(line)
     warn_unknown(sorted(unknown), count)
@@ -216,12 +212,16 @@ def each_item(model: CharRNN, vocab: Vocab, source: str, separator: str, device:
         raise CharrnnError(f"{printable(label(source))} has no items between {separator!r} separators")
     scores = list(score_lines(model, vocab, (item + separator for item in listed), device, precision, separator))
     for s in sorted(scores, key=lambda s: (math.isnan(s.bits_per_char), s.bits_per_char)):
-        if as_json:
-            yield json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
-                              "scored": s.scored, "item": s.line}, ensure_ascii=False) + "\n"
-        else:
-            yield f"{s.bits_per_char:.4f}\t{s.line}\n"
+        yield scored_row(s, "item", as_json)
     warn_unknown(sorted(set().union(*(s.unknown for s in scores))), sum(s.oov for s in scores))
+
+
+def scored_row(s: LineScore, key: str, as_json: bool) -> str:
+    """A line or item's score: `bits_per_char<TAB>text`, or a JSON line whose text is under key."""
+    if as_json:
+        return json.dumps({"bits_per_char": None if math.isnan(s.bits_per_char) else s.bits_per_char,
+                           "scored": s.scored, key: s.line}, ensure_ascii=False) + "\n"
+    return f"{s.bits_per_char:.4f}\t{s.line}\n"
 
 
 def warn_unknown(unknown: list[str], count: int, where: str = "") -> None:

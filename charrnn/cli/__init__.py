@@ -1,6 +1,7 @@
 """The command line (Typer): options and help, and one keyword-only call per command into the groups that do the
-work. This module holds the app, its error handling and the options several commands share; the commands are
-in making.py (train, sample, corpus, cache) and looking.py (score, info, cells, plot).
+work. This module holds the app, its error handling, the options several commands share and the checks of
+flags that are parsed by hand (--temp lists, the item flags); the commands are in making.py (train, sample,
+corpus, cache), looking.py (score, info, cells, plot) and serving.py (serve).
 
 Exit codes: 0 ok; 1 runtime or data failure; 2 usage error; 130/143 interrupted after saving.
 torch is imported inside the commands that need it, so --help and --version stay fast.

@@ -109,14 +109,16 @@ def combine(digests: list[str]) -> str:
 
 def file_digests(sources: list[Source], chunk_size: int = CHUNK) -> list[str]:
     """Each input's SHA-256, hashing its bytes without decoding them (checking a cache entry)."""
-    digests = []
-    for source in sources:
-        digest = hashlib.sha256()
-        with open(source.path, "rb") as f:
-            while data := f.read(chunk_size):
-                digest.update(data)
-        digests.append(digest.hexdigest())
-    return digests
+    return [file_sha256(source.path, chunk_size) for source in sources]
+
+
+def file_sha256(path: Path, chunk_size: int = CHUNK) -> str:
+    """The SHA-256 of a file's bytes, read chunk_size at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while data := f.read(chunk_size):
+            digest.update(data)
+    return digest.hexdigest()
 
 
 class Tally:

@@ -23,7 +23,6 @@ characters); a resume reads its corpus through the same mapping, from the run's 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from charrnn import config
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.console import counted, info, printable
-from charrnn.data.corpus import Corpus
+from charrnn.data.corpus import Corpus, file_sha256
 from charrnn.data.vocab import REPLACEMENT, Vocab
 from charrnn.errors import CharrnnError, CheckpointError, UsageError
 from charrnn.model import files
@@ -101,14 +100,6 @@ def check_apart(source: Source | None, directory: Path) -> None:
     if source is not None and source.path.resolve().parent == directory.resolve():
         raise UsageError(f"--init-from {source.path} lies in {directory}, the run this would write; name the new "
                          "run with --run NEW")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(1 << 20):
-            digest.update(data)
-    return digest.hexdigest()
 
 
 def configs(source: Source, given: dict) -> tuple[ModelConfig, TrainConfig]:
