@@ -15,6 +15,7 @@ from pathlib import Path
 from charrnn.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn")
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks in a layer's weights (model/rnn.py's CELLS reads them)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 ENCODING_ERRORS = ("strict", "replace", "skip")

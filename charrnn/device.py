@@ -10,7 +10,7 @@ import random
 import torch
 
 from charrnn import cores
-from charrnn.config import DEVICES, check, flag
+from charrnn.config import DEVICES, GATES, ModelConfig, check, flag
 from charrnn.errors import UsageError
 from charrnn.launch import launched
 
@@ -78,19 +78,33 @@ def native_bf16(device: torch.device) -> bool:
 # (their loss comes from training in bf16; a forward pass in bf16 scores as fp32 does). On CUDA (not measured
 # here) bf16 stays for the gated cells.
 BF16_FROM = {"cpu": {"lstm": 256}, "cuda": {"lstm": 0, "gru": 0}}
-# Sampling on a CPU with native bf16: the fused step's products with bf16 weights were slower at 1 row (15 against
-# 51 us for the default model's, 187 against 268 for an LSTM 2x512's) and faster from 32 rows (up to 3x at 64).
+# Sampling on a CPU with native bf16 (bench/speed.log, 2026-12-05, Intel Xeon with AMX): the fused step's products
+# with bf16 weights (oneDNN's packed linear, model/steps.py) pay from BF16_ROWS rows on, whatever the model, and at
+# fewer rows once the recurrent layers' matrices hold BF16_BYTES or more in fp32, where reading half the bytes
+# outweighs bf16's fixed cost of about 15 us a product: a step of one row took 249 against 300 us for an LSTM
+# 2x512 (12 MiB), 202 against 238 for a GRU 2x512 (9 MiB), 101 against 118 for an LSTM 2x320 (4.7 MiB), but 72
+# against 45 for an RNN 2x512 (3 MiB) and 95 against 46 for the default GRU 2x256 (2.25 MiB).
 BF16_ROWS = 32
+BF16_BYTES = 4 << 20
 
 
-def precision(name: str, device: torch.device, path: str = "train", model=None, rows: int = 1) -> str:
+def recurrent_bytes(model: ModelConfig) -> int:
+    """fp32 bytes of the matrices the fused step multiplies in the recurrent layers: layer 0's W_hh (G, H), each
+    further layer's W_ih and W_hh (G, 2H together), G = gates x H."""
+    H = model.hidden_size
+    return 4 * GATES[model.cell] * H * H * (2 * model.num_layers - 1)
+
+
+def precision(name: str, device: torch.device, path: str = "train", model: ModelConfig | None = None,
+              rows: int = 1) -> str:
     """--precision auto|fp32|bf16 (checked by config.RULES) -> fp32 or bf16 for a path (train, score, sample), a
-    model (its ModelConfig: cell, hidden_size; None before it is known, where auto answers fp32) and, for sampling,
-    the rows stepped together. auto: bf16 where it is native and BF16_FROM lists the model; sampling on the CPU
-    (the fused step, model/steps.py) takes bf16 weights from BF16_ROWS rows on, whatever the model, fp32 below."""
+    model (its ModelConfig; None before it is known, where auto answers fp32) and, for sampling, the rows stepped
+    together. auto: bf16 where it is native and BF16_FROM lists the model; sampling on the CPU (the fused step,
+    model/steps.py) takes bf16 weights from BF16_ROWS rows on, or from BF16_BYTES of recurrent weights, else fp32."""
     if name == "auto":
         if path == "sample" and device.type == "cpu":
-            return "bf16" if rows >= BF16_ROWS and native_bf16(device) else "fp32"
+            pays = rows >= BF16_ROWS or model is not None and recurrent_bytes(model) >= BF16_BYTES
+            return "bf16" if pays and native_bf16(device) else "fp32"
         sizes = BF16_FROM.get(device.type, {})
         pays = model is not None and model.hidden_size >= sizes.get(model.cell, float("inf"))
         return "bf16" if pays and native_bf16(device) else "fp32"

@@ -8,7 +8,7 @@ from conftest import cli, train_tiny
 
 from charrnn.config import ModelConfig, SampleConfig
 from charrnn.data.vocab import Vocab
-from charrnn.device import native_bf16
+from charrnn.device import BF16_ROWS, native_bf16
 from charrnn.generation.sample import generate_batch
 from charrnn.model import steps as fused
 from charrnn.model.rnn import CharRNN
@@ -99,16 +99,23 @@ def test_bf16_sampling_takes_the_fused_step_with_bf16_weights(corpus, monkeypatc
     assert result.exit_code == 0 and len(result.stdout) == 50 and made == [torch.bfloat16]
 
 
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("rows", [1, 4, 33])
 @pytest.mark.parametrize("cell, layers", CELLS)
-def test_bf16_weights_stay_within_bf16_rounding_of_fp32(cell, layers):
+def test_bf16_weights_stay_within_bf16_rounding_of_fp32(cell, layers, rows, packed, monkeypatch):
     """On every CPU (bf16 products run everywhere, emulated where not native): the same steps within bf16's
-    rounding of the fp32 ones, and the state still fp32."""
+    rounding of the fp32 ones, and the state still fp32; with oneDNN's packed matrices and without them (a torch
+    built without oneDNN); the output layer in fp32 below device.BF16_ROWS rows, in bf16 from there."""
+    if not packed:
+        monkeypatch.setattr(fused, "LINEAR", None)
     m = model(cell, layers)
-    state = tuple(torch.randn(layers, 4, 24) for _ in range(2 if cell == "lstm" else 1))
+    state = tuple(torch.randn(layers, rows, 24) for _ in range(2 if cell == "lstm" else 1))
     ref, fast = FusedStep(m, state), FusedStep(m, state, torch.bfloat16)
+    assert isinstance(fast.w_hh[0], fused.Packed) == (packed and torch.backends.mkldnn.is_available())
+    assert fast.w_out.dtype == (torch.bfloat16 if rows >= BF16_ROWS else torch.float32)
     gen = torch.Generator().manual_seed(1)
     for _ in range(40):
-        ids = torch.randint(len(VOCAB), (4,), generator=gen)
+        ids = torch.randint(len(VOCAB), (rows,), generator=gen)
         a, b = fast(ids), ref(ids)
         assert a.dtype == torch.float32 and (a - b).abs().max() < 0.05 * b.abs().max()
     assert all(s.dtype == torch.float32 for s in fast.state())

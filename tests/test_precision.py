@@ -49,9 +49,16 @@ def test_auto_takes_bf16_only_where_measured_to_pay():
         assert [precision("auto", cpu, "train", c) for c in (lstm, small, gru, rnn, None)] == [
             "bf16", "fp32", "fp32", "fp32", "fp32"]
         assert precision("auto", cpu, "score", lstm) == "bf16"
-        assert precision("auto", cpu, "sample", lstm) == "fp32"  # the fused fp32 step, at batch 1
-        assert [precision("auto", cpu, "sample", c, rows) for c in (gru, rnn) for rows in (31, 32)] == [
+        two56 = ModelConfig(cell="gru", hidden_size=256)  # the default: 2.25 MiB of recurrent matrices
+        assert [precision("auto", cpu, "sample", c, rows) for c in (two56, rnn) for rows in (31, 32)] == [
             "fp32", "bf16", "fp32", "bf16"]  # bf16 weights from device.BF16_ROWS rows
+        # at one row, bf16 weights once the recurrent matrices reach device.BF16_BYTES (4 MiB): LSTM 2x512 12 MiB,
+        # GRU 2x512 9 MiB, LSTM 2x320 4.7 MiB; not the RNN 2x512 (3 MiB) nor a one-layer LSTM 511 (16 KiB short)
+        assert [precision("auto", cpu, "sample", c) for c in (
+            lstm, gru, ModelConfig(cell="lstm", hidden_size=320), rnn, ModelConfig(cell="lstm", hidden_size=511,
+                                                                                 num_layers=1),
+            ModelConfig(cell="lstm", hidden_size=512, num_layers=1))] == ["bf16", "bf16", "bf16", "fp32", "fp32",
+                                                                          "bf16"]
         assert [precision("auto", cuda, "sample", c) for c in (lstm, gru, rnn)] == ["bf16", "bf16", "fp32"]
         assert precision("fp32", cpu, "train", lstm) == "fp32" and precision("bf16", cpu, "train", rnn) == "bf16"
         m.setattr(charrnn.device, "native_bf16", lambda device: False)  # never bf16 where it is emulated

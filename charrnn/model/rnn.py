@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from charrnn.config import ModelConfig
+from charrnn.config import GATES, ModelConfig
 
 State = tuple[torch.Tensor, ...]  # one tensor per name in the cell's states, each (num_layers, B, H)
 
@@ -25,9 +25,9 @@ class Cell:
 
 
 CELLS = {
-    "lstm": Cell(nn.LSTM, 4, ("hidden", "cell"), (0, 1, 3, 2), 3, False),  # i f g o -> i f o | g
-    "gru": Cell(nn.GRU, 3, ("hidden",), (0, 1, 2), 2, True),  # r z | n
-    "rnn": Cell(nn.RNN, 1, ("hidden",), (0,), 0, False),  # | h = tanh(...)
+    "lstm": Cell(nn.LSTM, GATES["lstm"], ("hidden", "cell"), (0, 1, 3, 2), 3, False),  # i f g o -> i f o | g
+    "gru": Cell(nn.GRU, GATES["gru"], ("hidden",), (0, 1, 2), 2, True),  # r z | n
+    "rnn": Cell(nn.RNN, GATES["rnn"], ("hidden",), (0,), 0, False),  # | h = tanh(...)
 }
 
 
