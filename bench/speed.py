@@ -1,6 +1,6 @@
 """Speed of charrnn against plain PyTorch and against the machine's own limits, measured in one process.
 
-    python bench/speed.py [--quick] [--threads N] [--only LABEL] [--quality]
+    python bench/speed.py [--quick] [--threads N] [--only LABEL|shared] [--quality]
 
 Prints the CPU and thread count, the machine's fp32 matmul GFLOP/s and matrix-vector bandwidth, then one table:
 - sampling chars/s through the CLI (`charrnn sample ... > /dev/null`, start-up subtracted) at batch 1 and with
@@ -288,7 +288,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps and characters (a smoke run)")
     parser.add_argument("--threads", type=int, help="pin charrnn's threads (default: charrnn's own, adapting)")
-    parser.add_argument("--only", help="measure only the models whose label starts with this, e.g. rnn")
+    parser.add_argument("--only", help="measure only the models whose label starts with this, e.g. rnn; "
+                        "'shared': only the shared-core rows")
     parser.add_argument("--quality", action="store_true", help="add val after 300 steps, fp32 vs bf16, per model")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
@@ -319,7 +320,7 @@ def main() -> None:
         first, torch_s = startup(ckpt)
         log(f"| lstm 2x512 | start-up: sample -n 1 vs import torch (s) | {first:.2f} | {torch_s:.2f} | "
             f"+{first - torch_s:.2f} s | target <= +0.40 s |")
-    if not args.only:
+    if args.only in (None, "shared"):
         shared_cores(corpus, work, args.threads or cores, args.quick)
     if args.quality and native:
         quality(corpus, work, args.quick)

@@ -41,7 +41,8 @@ def serve(
                     "an error.", float) = 10.0,
     device: Device = "auto",
     precision: choice(settings.PRECISIONS, "auto (as sample chooses for one sample: on a CPU fp32, bf16 weights "
-                      "for large models where bf16 is native), fp32 or bf16 (bf16 weights, whatever the batch).", str) = "auto",
+                      "for large models where bf16 is native), fp32 or bf16 (bf16 weights, whatever the batch).",
+                      str) = "auto",
     threads: Threads = None,
 ) -> None:
     """Serve models over HTTP until Ctrl-C or SIGTERM: an OpenAI-compatible
