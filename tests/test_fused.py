@@ -111,7 +111,7 @@ def test_bf16_weights_stay_within_bf16_rounding_of_fp32(cell, layers, rows, pack
     m = model(cell, layers)
     state = tuple(torch.randn(layers, rows, 24) for _ in range(2 if cell == "lstm" else 1))
     ref, fast = FusedStep(m, state), FusedStep(m, state, torch.bfloat16)
-    assert isinstance(fast.w_hh[0], fused.Packed) == (packed and torch.backends.mkldnn.is_available())
+    assert isinstance(fast.w_hh[0], fused.Packed) == (packed and fused.packs())
     assert fast.w_out.dtype == (torch.bfloat16 if rows >= BF16_ROWS else torch.float32)
     gen = torch.Generator().manual_seed(1)
     for _ in range(40):
@@ -119,6 +119,29 @@ def test_bf16_weights_stay_within_bf16_rounding_of_fp32(cell, layers, rows, pack
         a, b = fast(ids), ref(ids)
         assert a.dtype == torch.float32 and (a - b).abs().max() < 0.05 * b.abs().max()
     assert all(s.dtype == torch.float32 for s in fast.state())
+
+
+def test_bf16_output_layer_follows_the_rows_as_they_come_and_go():
+    """A server's step is made for one row and grows and shrinks with its requests: the output layer is fp32
+    below device.BF16_ROWS rows and bf16 from there, each made once; the logits stay within bf16's rounding."""
+    m = model("lstm", 2)
+    state = tuple(torch.randn(2, 1, 24) for _ in range(2))
+    ref, fast = FusedStep(m, state), FusedStep(m, state, torch.bfloat16)
+    ids = torch.zeros(1, dtype=torch.long)
+    assert fast.w_out.dtype == torch.float32
+    for step in (ref, fast):
+        step.allocate(tuple(s.expand(-1, 40, -1) for s in step.state()))  # 1 -> 40 rows
+    assert fast.w_out.dtype == torch.bfloat16
+    grown = fast.w_out
+    a, b = fast(ids.expand(40)), ref(ids.expand(40))
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    for step in (ref, fast):
+        step.keep(torch.tensor([3]))  # 40 -> 1
+    assert fast.w_out.dtype == torch.float32
+    a, b = fast(ids), ref(ids)
+    assert (a - b).abs().max() < 0.05 * b.abs().max()
+    fast.allocate(tuple(s.expand(-1, 32, -1) for s in fast.state()))
+    assert fast.w_out is grown  # made once
 
 
 @pytest.mark.skipif(not native_bf16(torch.device("cpu")), reason="the modules' bf16 path needs native bf16")

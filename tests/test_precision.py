@@ -141,8 +141,8 @@ def test_cuda_bf16_counts_only_native_support(monkeypatch):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_picks_per_path_and_sampling_takes_the_fused_fp32_step(corpus, monkeypatch, native):
-    """auto samples on the CPU through the fused fp32 step (autocast per character is slower), whatever the
-    hardware's answer (faked)."""
+    """auto samples a small model on the CPU through the fused fp32 step (autocast per character is slower),
+    whatever the hardware's answer (faked)."""
     import charrnn.device
     from charrnn.model.steps import FusedStep
 

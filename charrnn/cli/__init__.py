@@ -126,7 +126,8 @@ Device = choice(settings.DEVICES, "auto (cuda, then mps, then cpu), cpu, cuda or
 Threads = opt(int, "CPU threads for torch. Default: OMP_NUM_THREADS, else the cores available to the process, "
                    "one while other processes load them.")
 Precision = choice(settings.PRECISIONS, "auto (as training chose for the model; sampling on a CPU: fp32, with bf16 "
-                   "weights from 32 samples where bf16 is native), fp32 or bf16.", str)
+                   "weights where bf16 is native from 32 samples, or for a model of 4 MiB of recurrent weights), fp32 "
+                   "or bf16.", str)
 Checkpoint = Annotated[Path | None, typer.Argument(metavar="CHECKPOINT", help="Model file, run directory (best, else "
                                                    "last), folder of runs (its newest) or a run's name under "
                                                    "./checkpoints. Default: the newest run there.")]

@@ -76,8 +76,7 @@ class FusedStep:
                 for name in ("w_hh", "w_ih", "w_cat"):
                     setattr(self, name, [m if m is None else to_weights(m, weights, rows)
                                          for m in getattr(self, name, [])])
-                if rows >= BF16_ROWS:  # below, the output layer's small product is faster in fp32
-                    self.w_out = to_weights(self.w_out, weights, rows)
+            self.heads = {torch.float32: self.w_out}  # the output layer's matrix per dtype, made when first used
         self.H, self.weights = H, weights
         self.addmm = torch.addmm if weights == torch.float32 else self.cast_addmm
         self.allocate(state)
@@ -102,20 +101,30 @@ class FusedStep:
         self.hidden_rz, self.hidden_n = self.hidden[:, : 2 * H], self.hidden[:, 2 * H :]
         self.tmp = torch.empty(B, H, **new)  # (B, H)
         self.logits = torch.empty(B, self.w_out.shape[1], **new)  # (B, V)
-        if self.weights != torch.float32:  # per width: a product's input cast (B, H or 2H), its result (B, G or V)
+        if self.weights != torch.float32:
+            # the output layer's small product is faster in fp32 below BF16_ROWS rows on a CPU (a server's rows
+            # come and go: chosen again at every allocation)
+            head = self.weights if B >= BF16_ROWS or h.device.type != "cpu" else torch.float32
+            if head not in self.heads:
+                self.heads[head] = to_weights(self.heads[torch.float32], head, B)
+            self.w_out = self.heads[head]
             cast = dict(dtype=self.weights, device=h.device)
-            self.cast_in = {n: torch.empty(B, n, **cast) for n in (H, 2 * H)}
-            self.cast_out = {n: torch.empty(B, n, **cast) for n in (G, self.logits.shape[1])}
+            self.cast_in = {n: torch.empty(B, n, **cast) for n in (H, 2 * H)}  # a product's input, cast
+            self.cast_out = {}  # an unpacked product's result, per width (made when first used)
 
     def cast_addmm(self, bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor | Packed, out: torch.Tensor
                    ) -> torch.Tensor:
-        """torch.addmm(bias, x, w, out=out) with w in bf16: x cast, the product in bf16, added in fp32."""
+        """torch.addmm(bias, x, w, out=out) where w may be in bf16: then x is cast, the product made in bf16 and
+        added in fp32."""
         if w.dtype == torch.float32:  # the output layer below BF16_ROWS rows
             return torch.addmm(bias, x, w, out=out)
         xb = self.cast_in[x.shape[1]].copy_(x)  # (B, K)
         if isinstance(w, Packed):
             return torch.add(bias, LINEAR(xb, w.weight, None, "none", [], ""), out=out)  # (B, N)
-        return torch.add(bias, torch.mm(xb, w, out=self.cast_out[w.shape[1]]), out=out)
+        n = w.shape[1]
+        if n not in self.cast_out:
+            self.cast_out[n] = torch.empty(x.shape[0], n, dtype=w.dtype, device=x.device)  # (B, N)
+        return torch.add(bias, torch.mm(xb, w, out=self.cast_out[n]), out=out)
 
     def state(self) -> State:
         h = torch.stack(self.h)  # (layers, B, H)
@@ -180,11 +189,16 @@ except (AttributeError, RuntimeError):  # a torch built without oneDNN
     LINEAR = None
 
 
+def packs() -> bool:
+    """Whether oneDNN packs bf16 matrices here: a torch built with it, on a CPU with avx512bw/vl/dq or
+    avx_ne_convert (its bf16 reorder refuses others, such as AVX2-only CPUs, where bf16 is emulated anyway)."""
+    return LINEAR is not None and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def to_weights(m: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor | Packed:
     """A pre-transposed fp32 matrix (K, N) in dtype: packed for oneDNN on the CPU where it can be, else as it is."""
     m = m.to(dtype)
-    packs = LINEAR is not None and torch.backends.mkldnn.is_available()
-    return Packed(m, rows) if packs and m.device.type == "cpu" and dtype == torch.bfloat16 else m
+    return Packed(m, rows) if dtype == torch.bfloat16 and m.device.type == "cpu" and packs() else m
 
 
 def supported(model: CharRNN) -> bool:
