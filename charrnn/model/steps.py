@@ -173,8 +173,8 @@ class FusedStep:
 
 
 class Packed:
-    """A bf16 matrix (K, N) as oneDNN's linear wants it on the CPU: reordered once into its blocked layout, which
-    reads at least twice as fast at one row as torch.mm's bf16 path (70 against 149 us for 1024 x 2048 in fp32)."""
+    """A bf16 matrix (K, N) as oneDNN's linear wants it on the CPU: reordered once into its blocked layout (a
+    1024 x 2048 product at one row: 70 us, against 191 through torch.mm in bf16 and 149 in fp32)."""
 
     dtype = torch.bfloat16
 
@@ -192,7 +192,11 @@ except (AttributeError, RuntimeError):  # a torch built without oneDNN
 def packs() -> bool:
     """Whether oneDNN packs bf16 matrices here: a torch built with it, on a CPU with avx512bw/vl/dq or
     avx_ne_convert (its bf16 reorder refuses others, such as AVX2-only CPUs, where bf16 is emulated anyway)."""
-    return LINEAR is not None and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    try:
+        return LINEAR is not None and torch.backends.mkldnn.is_available() and bool(
+            torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def to_weights(m: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor | Packed:
