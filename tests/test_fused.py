@@ -99,6 +99,23 @@ def test_bf16_sampling_takes_the_fused_step_with_bf16_weights(corpus, monkeypatc
     assert result.exit_code == 0 and len(result.stdout) == 50 and made == [torch.bfloat16]
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_samples_a_large_model_with_bf16_weights_where_bf16_is_native(corpus, monkeypatch, native):
+    """device.BF16_BYTES through the CLI: an LSTM 2x512 (12 MiB of recurrent matrices) samples one row with bf16
+    weights where bf16 is native (the hardware's answer faked both ways), with fp32 ones elsewhere."""
+    import charrnn.device
+
+    train_tiny(corpus, "--cell", "lstm", "--hidden-size", "512", "--precision", "fp32", steps=1)
+    monkeypatch.setattr(charrnn.device, "native_bf16", lambda device: native)
+    made = []
+    init = FusedStep.__init__
+    monkeypatch.setattr(FusedStep, "__init__",
+                        lambda self, m, s, w=torch.float32: made.append(w) or init(self, m, s, w))
+    result = cli("sample", "-n", "30", "--seed", "4", "--device", "cpu")
+    assert result.exit_code == 0 and len(result.stdout) == 30
+    assert made == [torch.bfloat16 if native else torch.float32]
+
+
 @pytest.mark.parametrize("packed", [True, False])
 @pytest.mark.parametrize("rows", [1, 4, 33])
 @pytest.mark.parametrize("cell, layers", CELLS)
