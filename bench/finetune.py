@@ -3,13 +3,15 @@
     python bench/finetune.py                       # 5 minutes of tiny Shakespeare, then 2 minutes each way
     python bench/finetune.py --flags "" --flags "--dropout 0.2" --flags "--lr 3e-3"   # a (b) row each
     python bench/finetune.py --quick               # seconds instead of minutes: checks the bench end to end
+    python bench/finetune.py --source OUT/shakespeare --text A.txt --text B.txt   # that model; A then B as the text
     python bench/finetune.py --pretrain-steps 800 --steps 600 --flags "" --flags "--lr 3e-3"   # equal steps, not time
 
 1. Pre-trains the default model on tiny Shakespeare (../shared/corpora/tinyshakespeare.txt) for --pretrain
    minutes (or --pretrain-steps steps).
 2. The small text: the first 50,000 characters of Python's own help topics (pydoc_data.topics, the text that
    `help("assert")` and the other topics print, in the order of their names), from the running interpreter: English
-   prose about code, with code in it; no download. Its last 10% is held out (--val-frac 0.1, the default).
+   prose about code, with code in it; no download (or, with --text, the first 50,000 characters of the files
+   given). Its last 10% is held out (--val-frac 0.1, the default).
 3. Trains on it for --minutes each (or --steps: equal steps, to compare settings apart from their speed): (a) from
    scratch, (b) `--init-from` the Shakespeare model (charrnn's fine-tuning defaults, or one row per --flags string
    of extra `charrnn train` flags), with an evaluation every --eval-every steps, all else charrnn's defaults.
@@ -43,8 +45,13 @@ SAMPLE = ["--seed", "1", "--temp", "0.8", "-n", "400"]
 QUICK = {"pretrain": 0.4, "minutes": 0.15, "eval_every": 10}  # --quick: seconds, not minutes
 
 
-def small_text(path: Path) -> str:
-    """Write the small text (module docstring, 2.) to path; returns what it is, for the table's header."""
+def small_text(path: Path, files: list[Path] | None) -> str:
+    """Write the small text (module docstring, 2.; or the files given, one after another) to path; returns what it
+    is, for the table's header."""
+    if files:
+        text = "".join(f.read_text(encoding="utf-8") for f in files)[:SMALL_CHARS]
+        path.write_text(text, encoding="utf-8")
+        return f"the first {len(text):,} characters of {' + '.join(str(f) for f in files)}"
     from pydoc_data.topics import topics
 
     text = "".join(topics[name] for name in sorted(topics))[:SMALL_CHARS]
@@ -117,6 +124,10 @@ def main() -> None:
                         "(repeatable; default: one row, \"\", charrnn's fine-tuning defaults)")
     parser.add_argument("--quick", action="store_true", help=f"seconds: {QUICK}; nothing appended to the log")
     parser.add_argument("--keep", type=Path, metavar="OUT", help="keep the runs in OUT (else a temporary one)")
+    parser.add_argument("--text", type=Path, action="append", metavar="FILE", help="the small text: these files "
+                        "one after another (repeatable; default: Python's help topics)")
+    parser.add_argument("--source", type=Path, metavar="RUN", help="a Shakespeare run pre-trained before (e.g. "
+                        "OUT/shakespeare of a --keep run): step 1 is skipped")
     args = parser.parse_args()
     if not SHAKESPEARE.is_file():
         sys.exit(f"{SHAKESPEARE} not found: this benchmark needs the tiny-shakespeare corpus")
@@ -127,14 +138,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="charrnn-finetune-") as work:
         out = args.keep or Path(work)
         out.mkdir(parents=True, exist_ok=True)
-        text = out / "topics.txt"
-        about = small_text(text)
+        text = out / ("small.txt" if args.text else "topics.txt")
+        about = small_text(text, args.text)
         log(f"# {time.strftime('%Y-%m-%d %H:%M')} python {shlex.join(['bench/finetune.py', *sys.argv[1:]])}", to_file)
-        log(f"# {cpu_name()}, {len(os.sched_getaffinity(0))} threads; pre-trained `{shlex.join(pretrain)}` on "
-            f"{SHAKESPEARE.name} (the default model), then `{shlex.join(each)}` each on {about}, last 10% held out",
-            to_file)
-        charrnn("train", str(SHAKESPEARE), *pretrain, "--out", str(out), "--run", "shakespeare", "--force")
-        source = evaluations(out / "shakespeare")
+        made = f"pre-trained `{shlex.join(pretrain)}`" if args.source is None else f"pre-trained before ({args.source})"
+        log(f"# {cpu_name()}, {len(os.sched_getaffinity(0))} threads; {made} on {SHAKESPEARE.name} (the default "
+            f"model), then `{shlex.join(each)}` each on {about}, last 10% held out", to_file)
+        shakespeare = args.source or out / "shakespeare"
+        if args.source is None:
+            charrnn("train", str(SHAKESPEARE), *pretrain, "--out", str(out), "--run", "shakespeare", "--force")
+        source = evaluations(shakespeare)
         log(f"# Shakespeare model: best held-out {min(r['val_loss'] for r in source):.4f} nats/char at step "
             f"{source[-1]['step']:,}", to_file)
         log("| run | best held-out nats/char | final | steps | wall s | reached (a)'s final loss |", to_file)
@@ -145,7 +158,7 @@ def main() -> None:
         configs = args.flags if args.flags is not None else [""]
         for k, flags in enumerate(configs, 1):
             name = "finetuned" + (f"-{k}" if len(configs) > 1 else "")
-            runs[name] = train(text, out, name, each, args.eval_every, "--init-from", str(out / "shakespeare"),
+            runs[name] = train(text, out, name, each, args.eval_every, "--init-from", str(shakespeare),
                                *shlex.split(flags))
             log(row(f"(b) `--init-from` `{flags or '(defaults)'}`", runs[name], scratch), to_file)
         for name, r in runs.items():
