@@ -21,6 +21,8 @@ A cell type's own arithmetic is the FusedStep method named after it (lstm, gru, 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from charrnn.device import BF16_ROWS, autocast
@@ -190,12 +192,22 @@ except (AttributeError, RuntimeError):  # a torch built without oneDNN
 
 
 def packs() -> bool:
-    """Whether oneDNN packs bf16 matrices here: a torch built with it, on a CPU with avx512bw/vl/dq or
-    avx_ne_convert (its bf16 reorder refuses others, such as AVX2-only CPUs, where bf16 is emulated anyway)."""
+    """Whether oneDNN packs bf16 matrices here (checked once: packing_works)."""
+    return LINEAR is not None and packing_works()
+
+
+@functools.cache
+def packing_works() -> bool:
+    """A torch built with oneDNN, on a CPU its bf16 reorder takes (avx512bw/vl/dq or avx_ne_convert: not AVX2-only
+    CPUs, where bf16 is emulated anyway), whose private packed-linear ops still behave as this module expects: a
+    small product through them equals torch.mm's."""
     try:
-        return LINEAR is not None and torch.backends.mkldnn.is_available() and bool(
-            torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
+        m = torch.arange(6.0).reshape(2, 3).bfloat16()  # (K, N)
+        x = torch.tensor([[1.0, 2.0]], dtype=torch.bfloat16)  # (1, K)
+        return torch.equal(LINEAR(x, Packed(m, 1).weight, None, "none", [], ""), torch.mm(x, m))
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
