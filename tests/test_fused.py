@@ -46,7 +46,7 @@ def test_logits_and_state_match_the_models_modules(cell, layers):
                 ref.keep(rows)
                 fast.keep(rows)
                 batch = 3
-        for a, b in zip(fast.state(), ref.state, strict=True):
+        for a, b in zip(fast.state(), ref.state(), strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

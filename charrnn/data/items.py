@@ -64,7 +64,7 @@ def spans(ids: np.ndarray, vocab: Vocab, separator: str) -> tuple[np.ndarray, np
     for k in range(1, len(sep)):
         hits = hits[hits + k < len(ids)]
         hits = hits[ids[hits + k] == sep[k]]
-    if len(sep) > 1 and len(hits):  # occurrences may overlap ("\n\n\n" holds "\n\n" twice): keep them left to right
+    if len(sep) > 1 and (np.diff(hits) < len(sep)).any():  # overlaps ("\n\n\n" holds "\n\n" twice): left to right
         kept, last = [], -len(sep)
         for h in hits.tolist():
             if h >= last + len(sep):

@@ -31,8 +31,8 @@ from charrnn.config import SampleConfig
 from charrnn.console import error
 from charrnn.generation.job import Job
 from charrnn.generation.sample import Noise, draw, warm_up
-from charrnn.model.rnn import CharRNN, State
-from charrnn.model.steps import FusedStep, step_for
+from charrnn.model.rnn import CharRNN, cat_states
+from charrnn.model.steps import step_for
 
 
 class Group:
@@ -43,19 +43,6 @@ class Group:
         self.job, self.first, self.noise, self.cfg = job, first, noise, cfg
         self.cols = list(range(noise.n))
         self.key = (cfg.temperature, cfg.top_k, cfg.top_p)
-
-
-def current_state(step) -> State:
-    """The state of the step's rows: each (layers, B, H)."""
-    return step.state() if callable(step.state) else step.state
-
-
-def reset(step, state: State) -> None:
-    """The step's rows replaced by state's (each (layers, B, H)): FusedStep's buffers remade for B rows."""
-    if isinstance(step, FusedStep):
-        step.allocate(state)
-    else:
-        step.state = state
 
 
 class Batcher:
@@ -127,9 +114,9 @@ class Batcher:
         if logits:
             if self.logits is not None:
                 logits.insert(0, self.logits)
-                states.insert(0, current_state(self.step))
+                states.insert(0, self.step.state())
             self.logits = torch.cat(logits)  # (B, V)
-            reset(self.step, tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True)))  # (layers, B, H)
+            self.step.allocate(cat_states(states))  # each (layers, B, H)
             self.buckets = None
 
     def warm(self, job: Job, logits: list, states: list) -> None:

@@ -68,14 +68,13 @@ def rounds(model: CharRNN, vocab: Vocab, cfg: SampleConfig, separator: str, devi
         round_cfg = dataclasses.replace(cfg, prime=separator, stop=separator, num_samples=n,
                                         length=cfg.length + len(separator),  # --length: the item's own
                                         seed=(cfg.seed + r * GOLDEN) % (1 << 64))
-        texts, ended = [[] for _ in range(n)], [False] * n
+        texts = [[] for _ in range(n)]
         for i, ch in generate_batch(model, vocab, round_cfg, round_cfg.seed, device, precision=precision):
-            if ch is None:
-                ended[i] = "".join(texts[i][-len(separator):]) == separator
-            else:
+            if ch is not None:
                 texts[i].append(ch)
-        for i in range(n):
-            yield "".join(texts[i])[: -len(separator)] if ended[i] else None
+        for parts in texts:  # a sample that stopped at the separator ends with it (stop is the separator)
+            text = "".join(parts)
+            yield text[: -len(separator)] if text.endswith(separator) else None
 
 
 def sizes(wanted: Wanted, written: list[int]) -> Iterator[int]:

@@ -17,7 +17,7 @@ from charrnn.data.vocab import Vocab
 from charrnn.device import autocast
 from charrnn.errors import CharrnnError
 from charrnn.model.files import load_chosen
-from charrnn.model.rnn import CharRNN, State
+from charrnn.model.rnn import CharRNN, State, cat_states
 from charrnn.model.steps import step_for
 
 Piece = tuple[int, str | None]  # (sample, character), or (sample, None) once that sample has ended
@@ -100,7 +100,7 @@ def start(model: CharRNN, vocab: Vocab, primes: list[str], gen: torch.Generator,
     """Logits (N, V) and state (each (layers, N, H)) after each of N primes: one warm-up per prime, in order."""
     warmed = [warm_up(model, vocab, prime, gen, device, precision) for prime in primes]
     logits = torch.cat([w[0] for w in warmed])  # (N, V)
-    return logits, tuple(torch.cat(parts, dim=1) for parts in zip(*(w[1] for w in warmed), strict=True))
+    return logits, cat_states([w[1] for w in warmed])
 
 
 def generate_batch(model: CharRNN, vocab: Vocab, cfg: SampleConfig, seed: int, device: torch.device,
@@ -234,6 +234,7 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
             continue
         for lo in range(0, len(primes), MAX_SAMPLES):  # batches of at most MAX_SAMPLES lines
             part = primes[lo : lo + MAX_SAMPLES]
-            yield from ([block.separator] if lo else [])
+            if lo:
+                yield block.separator
             yield from in_order(generate_batch(model, vocab, block, block.seed, device, precision=precision,
                                                primes=part), len(part), part, block.separator)

@@ -66,6 +66,11 @@ class CharRNN(nn.Module):
         return logits, ((new,) if single else tuple(new))
 
 
+def cat_states(states: list[State]) -> State:
+    """States of several batches side by side: each (layers, B1 + B2 + ..., H)."""
+    return tuple(torch.cat(parts, dim=1) for parts in zip(*states, strict=True))
+
+
 def detach(state: State) -> State:
     """Cut the graph between windows (truncated BPTT) while keeping the values."""
     return tuple(s.detach() for s in state)

@@ -1,7 +1,8 @@
 """One character at a time through every layer of a CharRNN: the steps that sampling and the unit recorder use.
 
 Both steps hold the state of B rows and share one interface: step(ids (B,)) -> logits (B, V) of the next
-character, keep(rows) to go on with some rows only, and now() for row 0's state. ModelStep calls the model's
+character, keep(rows) to go on with some rows only, state() and allocate(state) to read or replace every row's
+state, and now() for row 0's state. ModelStep calls the model's
 own modules (the reference); FusedStep computes exactly the same function faster.
 
 Calling nn.LSTM/GRU/RNN once per character costs far more in per-call overhead than the work itself, which at
@@ -34,20 +35,27 @@ class ModelStep:
     must match)."""
 
     def __init__(self, model: CharRNN, state: State, precision: str = "fp32"):
-        self.model, self.state, self.precision = model, state, precision
+        self.model, self.rows, self.precision = model, state, precision
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B,) -> logits (B, V) of the next character."""
         with torch.no_grad(), autocast(ids.device, self.precision):
-            logits, self.state = self.model(ids[:, None], self.state)  # (B, 1, V)
+            logits, self.rows = self.model(ids[:, None], self.rows)  # (B, 1, V)
         return logits[:, -1].float()
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.state = tuple(s.index_select(1, rows) for s in self.state)  # each (layers, B', H)
+        self.rows = tuple(s.index_select(1, rows) for s in self.rows)  # each (layers, B', H)
+
+    def state(self) -> State:
+        return self.rows
+
+    def allocate(self, state: State) -> None:
+        """The rows replaced by state's (each (layers, B, H))."""
+        self.rows = state
 
     def now(self) -> State:
         """Row 0's state: one (layers, H) view per state tensor (hidden, then cell); copy before stepping."""
-        return tuple(s[:, 0] for s in self.state)
+        return tuple(s[:, 0] for s in self.rows)
 
 
 class FusedStep:
@@ -80,7 +88,7 @@ class FusedStep:
                                          for m in getattr(self, name, [])])
             self.heads = {torch.float32: self.w_out}  # the output layer's matrix per dtype, made when first used
         self.H, self.weights = H, weights
-        self.addmm = torch.addmm if weights == torch.float32 else self.cast_addmm
+        self.addmm = self.head_addmm = torch.addmm if weights == torch.float32 else self.cast_addmm
         self.allocate(state)
 
     def allocate(self, state: State) -> None:
@@ -110,16 +118,14 @@ class FusedStep:
             if head not in self.heads:
                 self.heads[head] = to_weights(self.heads[torch.float32], head, B)
             self.w_out = self.heads[head]
+            self.head_addmm = torch.addmm if head == torch.float32 else self.cast_addmm
             cast = dict(dtype=self.weights, device=h.device)
             self.cast_in = {n: torch.empty(B, n, **cast) for n in (H, 2 * H)}  # a product's input, cast
             self.cast_out = {}  # an unpacked product's result, per width (made when first used)
 
     def cast_addmm(self, bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor | Packed, out: torch.Tensor
                    ) -> torch.Tensor:
-        """torch.addmm(bias, x, w, out=out) where w may be in bf16: then x is cast, the product made in bf16 and
-        added in fp32."""
-        if w.dtype == torch.float32:  # the output layer below BF16_ROWS rows
-            return torch.addmm(bias, x, w, out=out)
+        """torch.addmm(bias, x, w, out=out) with w in bf16: x cast, the product made in bf16 and added in fp32."""
         xb = self.cast_in[x.shape[1]].copy_(x)  # (B, K)
         if isinstance(w, Packed):
             return torch.add(bias, LINEAR(xb, w.weight, None, "none", [], ""), out=out)  # (B, N)
@@ -152,7 +158,7 @@ class FusedStep:
                 else:
                     self.addmm(self.b_cat[i], self.xh[i], self.w_cat[i], out=self.gates)
             self.math(i)
-        return self.addmm(self.b_out, self.h[-1], self.w_out, out=self.logits)
+        return self.head_addmm(self.b_out, self.h[-1], self.w_out, out=self.logits)
 
     def lstm(self, i: int) -> None:
         self.sig.sigmoid_()
