@@ -164,7 +164,7 @@ class Answer:
         async for got in self.events():
             for c, text, end in got:
                 if c < 0:
-                    return await reply(send, STATUS[end], ApiError(STATUS[end], text, code=end).body())
+                    return await reply(send, STATUS[end], failure(text, end).body())
                 texts[c] += text
                 finish[c] = end or finish[c]
         if not self.gone:
@@ -188,12 +188,17 @@ class Answer:
         failed = b""
         for c, text, end in got:
             if c < 0:
-                failed = event(ApiError(STATUS[end], text, code=end, kind="server_error").body())
+                failed = event(failure(text, end).body())
                 continue
             piece = joined.setdefault(c, ["", None])
             piece[0] += text
             piece[1] = end or piece[1]
         return b"".join(self.reply.chunk(c, text, end) for c, (text, end) in joined.items() if text or end) + failed
+
+
+def failure(message: str, end: str) -> ApiError:
+    """A request that failed midway (end: timeout, shutdown or error), for a whole answer or a stream's last event."""
+    return ApiError(STATUS[end], message, code=end, kind="server_error")
 
 
 async def send_more(send, body: bytes) -> None:
