@@ -115,12 +115,14 @@ def test_the_same_characters_in_another_order_sample_as_the_source_at_step_0(sou
 def test_fine_tuning_defaults_and_the_sources_dropout(sources, in_tmp):
     src = finetune.load_source(str(sources["lstm"]), False, False, Path("checkpoints"))
     model_cfg, cfg = finetune.configs(src, {})
-    assert (cfg.lr, cfg.warmup_steps, cfg.max_steps) == (config.FINETUNE["lr"], 20, config.DEFAULT_STEPS)
+    assert (cfg.lr, cfg.batch_size, cfg.weight_decay, cfg.warmup_steps, cfg.max_steps) == (
+        1e-3, 8, 0.3, 20, config.DEFAULT_STEPS)
     assert (model_cfg.cell, model_cfg.hidden_size, model_cfg.dropout) == ("lstm", 16, 0.2)  # the source's 0.1: 0.2
     src.meta["model"]["dropout"] = 0.3
     assert finetune.configs(src, {})[0].dropout == 0.3  # the source's, above 0.2
     model_cfg, cfg = finetune.configs(src, {"lr": 1e-3, "warmup_steps": 0, "dropout": 0.0, "hidden_size": 16})
     assert (cfg.lr, cfg.warmup_steps, model_cfg.dropout) == (1e-3, 0, 0.0)  # the user's
+    assert finetune.configs(src, {"batch_size": 32})[1].batch_size == 32
 
 
 def one_error(result, code: int) -> str:

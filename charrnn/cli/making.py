@@ -51,11 +51,13 @@ def train(
     num_layers: opt(int, f"Recurrent layers. Default: {M.num_layers}.") = None,
     embed_size: opt(int, f"Embedding width. Default: {M.embed_size}.") = None,
     dropout: opt(float, f"Dropout. Default: {M.dropout}.") = None,
-    batch_size: opt(int, f"Parallel streams B. Default: {T.batch_size}.") = None,
+    batch_size: opt(int, f"Parallel streams B. Default: {T.batch_size} ({settings.FINETUNE['batch_size']} with "
+                    "--init-from).") = None,
     seq_len: opt(int, f"Characters per BPTT window T. Default: {T.seq_len}.") = None,
     lr: opt(float, f"Peak AdamW learning rate. Default: {T.lr} ({settings.FINETUNE['lr']:g} with --init-from).")
     = None,
-    weight_decay: opt(float, f"AdamW weight decay. Default: {T.weight_decay}.") = None,
+    weight_decay: opt(float, f"AdamW weight decay. Default: {T.weight_decay} ({settings.FINETUNE['weight_decay']} "
+                      "with --init-from).") = None,
     warmup_steps: opt(int, f"Linear warmup steps. Default: {T.warmup_steps}.") = None,
     grad_clip: opt(float, f"Global grad-norm clip, 0 = off. Default: {T.grad_clip}.") = None,
     max_steps: opt(int, f"Step budget. Default: {settings.DEFAULT_STEPS} if no budget is given.") = None,
@@ -94,8 +96,9 @@ def train(
         "directory: its best, else last; or a run's name under --out). Its shape and weights are taken, characters "
         "matched by what they are (the text's new ones added to the vocabulary, starting near probability 0); the "
         "optimizer, schedule and budget start afresh. With it, --lr defaults to "
-        f"{settings.FINETUNE['lr']:g} and --dropout to the model's, at least {settings.FINETUNE_DROPOUT:g} (a small "
-        "text overfits).", show_default=False)] = None,
+        f"{settings.FINETUNE['lr']:g}, --batch-size to {settings.FINETUNE['batch_size']}, --weight-decay to "
+        f"{settings.FINETUNE['weight_decay']:g} and --dropout to the model's, at least "
+        f"{settings.FINETUNE_DROPOUT:g} (a small text overfits).", show_default=False)] = None,
     keep_vocab: Annotated[bool, typer.Option("--keep-vocab", help="With --init-from: keep that model's vocabulary; "
                                              "characters it lacks are read as U+FFFD (refused if it has none).")]
     = False,
