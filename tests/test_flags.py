@@ -133,6 +133,16 @@ def test_empty_stop_is_a_usage_error(corpus):
     assert "--stop needs at least one character" in one_error(cli("sample", "--stop", ""), 2)
 
 
+def test_empty_item_separator_is_a_usage_error_everywhere(corpus, tmp_path):
+    """train, sample and score refuse it alike (sample once fell back to the run's own separator)."""
+    train_tiny(corpus)
+    listed = tmp_path / "list.txt"
+    listed.write_text("ab\ncd\n", encoding="utf-8")
+    for args in (("train", str(listed), "--item-separator", ""), ("sample", "--items", "3", "--item-separator", ""),
+                 ("score", str(listed), "--items", "--item-separator", "")):
+        assert "--item-separator needs at least one character" in one_error(cli(*args), 2), args
+
+
 def test_dash_h_is_help_everywhere():
     for command in ([], ["train"], ["sample"], ["score"], ["info"], ["corpus"], ["corpus", "get"]):
         short, long = cli(*command, "-h"), cli(*command, "--help")

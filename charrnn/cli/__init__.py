@@ -188,6 +188,7 @@ def check_items(items: int, separator: str | None, new_only: bool, unique: bool,
         raise UsageError(f"--items must be from 1 to {settings.MAX_ITEMS:,} (0: plain text), not {items}")
     if max_draws < 0:
         raise UsageError(f"--max-draws must be >= 0 (0: 100 per item), not {max_draws}")
+    settings.check({"item_separator": separator}, settings.flag)  # an empty one: refused, as by train and score
     given = [f for f, on in (("--item-separator", separator is not None), ("--new-only", new_only),
                              ("--unique", unique), ("--mark", mark), ("--max-draws", max_draws)) if on]
     if given and not items:

@@ -73,8 +73,7 @@ def score(
     item_separator = flag_text("--item-separator", item_separator, escapes=True)
     if item_separator is not None and not items:
         raise UsageError("--item-separator applies to --items; add it")
-    if item_separator == "":
-        raise UsageError("--item-separator needs at least one character (\\n: one item per line)")
+    settings.check({"item_separator": item_separator}, settings.flag)
     if per_line and items:
         raise UsageError("give --per-line or --items, not both")
     for mode, on in (("--per-line", per_line), ("--items", items)):
