@@ -120,7 +120,7 @@ def score(*, sources: list[str], checkpoint: Path | None, device_name: str, prec
     """`charrnn score`: what goes to stdout, the whole text's report or one line per input line as each arrives;
     with several files one row each and their total; (items_by: "" for the run's separator) one row per item;
     warnings (characters skipped, bytes replaced) on stderr."""
-    model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "scoring with")
+    _, model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "scoring with")
     if items_by is not None:
         separator = items_by or meta["train"].get("item_separator") or "\n"
         yield from each_item(model, vocab, sources[0], separator, device, precision, as_json, errors)

@@ -174,7 +174,7 @@ def cells(*, source: str, checkpoint: Path | None, unit: list[str], state: str |
     if page is not None and max_chars == 0:
         raise UsageError(f"--html {page} with --max-chars 0 would show no characters; give --max-chars N > 0, or "
                          "leave out --html for the --find table alone")
-    model, vocab, meta, device, _ = load_chosen(checkpoint, device_name, "fp32", "reading")
+    _, model, vocab, meta, device, _ = load_chosen(checkpoint, device_name, "fp32", "reading")
     states, chosen = units.states_of(model, state), units.check_units(model, pairs, state)
     name, text, _ = read_text(source)
     text, unknown = drop_unknown(vocab, text)

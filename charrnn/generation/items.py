@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from charrnn.config import MAX_SAMPLES, SampleConfig
-from charrnn.console import counted, info, note, warn
+from charrnn.console import counted, info, warn
 from charrnn.data import items
 from charrnn.data.vocab import Vocab
 from charrnn.errors import UsageError
-from charrnn.generation.sample import generate_batch, heading
-from charrnn.model.files import find_checkpoint, load_chosen
+from charrnn.generation.sample import blocks, generate_batch
+from charrnn.model.files import load_chosen
 from charrnn.model.rnn import CharRNN
 
 GOLDEN = 0x9E3779B97F4A7C15  # the seed of round r is seed + r * GOLDEN (mod 2**64): rounds never share a seed
@@ -38,6 +38,7 @@ class Wanted:
 class Tally:
     drawn: Counter = dataclasses.field(default_factory=Counter)  # mark -> items drawn
     repeats: int = 0  # items dropped by --unique
+    written: int = 0  # items written
     unfinished: int = 0  # samples that reached --length without the separator
     empty: int = 0  # samples that were the separator alone
 
@@ -45,8 +46,8 @@ class Tally:
     def total(self) -> int:
         return sum(self.drawn.values()) + self.unfinished + self.empty
 
-    def summary(self, wanted: Wanted, written: int, memory: bool) -> str:
-        said = [f"drew {counted(self.total, 'item')}, wrote {written:,}"]
+    def summary(self, wanted: Wanted, memory: bool) -> str:
+        said = [f"drew {counted(self.total, 'item')}, wrote {self.written:,}"]
         if memory:
             copies = self.drawn["train"]
             said.append(f"{self.drawn['new']:,} new, {copies:,} {'copy' if copies == 1 else 'copies'} of training "
@@ -77,7 +78,7 @@ def rounds(model: CharRNN, vocab: Vocab, cfg: SampleConfig, separator: str, devi
             yield text[: -len(separator)] if text.endswith(separator) else None
 
 
-def sizes(wanted: Wanted, written: list[int]) -> Iterator[int]:
+def sizes(wanted: Wanted, tally: Tally) -> Iterator[int]:
     """Round sizes: the count asked for (in batches of at most MAX_SAMPLES), then, while items are missing
     (dropped by --new-only or --unique, empty, or unfinished at --length), twice the number missing (at least
     64)."""
@@ -85,19 +86,16 @@ def sizes(wanted: Wanted, written: list[int]) -> Iterator[int]:
     while left > 0:
         yield min(left, MAX_SAMPLES)
         left -= MAX_SAMPLES
-    while written[0] < wanted.count:
-        yield min(MAX_SAMPLES, max(64, 2 * (wanted.count - written[0])))
+    while tally.written < wanted.count:
+        yield min(MAX_SAMPLES, max(64, 2 * (wanted.count - tally.written)))
 
 
 def sample_items(*, checkpoint: Path | None, cfg: SampleConfig, wanted: Wanted, temperatures: list[float],
                  headers: bool, device_name: str, precision: str) -> Iterator[str]:
     """`charrnn sample --items N`: N items per temperature, each followed by the separator (or with a mark column
     before it); the tally of each temperature on stderr."""
-    file = find_checkpoint(checkpoint)
-    model, vocab, meta, device, precision = load_chosen(file, device_name, precision, "sampling from", "sample",
-                                                        min(wanted.count, MAX_SAMPLES))
-    if file != checkpoint:
-        note(f"sampling from {file}")
+    file, model, vocab, meta, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from",
+                                                             "sample", min(wanted.count, MAX_SAMPLES))
     separator = wanted.separator or meta["train"].get("item_separator")
     if not separator:
         raise UsageError(f"{file} was not trained with --items; give --item-separator (e.g. '\\n') to sample items "
@@ -106,11 +104,9 @@ def sample_items(*, checkpoint: Path | None, cfg: SampleConfig, wanted: Wanted, 
         raise UsageError(f"the model never saw {separator!r}, so its items would never end; give the separator "
                          "its corpus used")
     memory = load_memory(file, separator, wanted)
-    for temperature in temperatures:
-        if headers:
-            yield heading(temperature)
-        block = dataclasses.replace(cfg, temperature=temperature)
-        yield from one_temperature(model, vocab, block, separator, device, precision, wanted, memory, temperature,
+    for before, block in blocks(cfg, temperatures, headers):
+        yield before
+        yield from one_temperature(model, vocab, block, separator, device, precision, wanted, memory,
                                    len(temperatures) > 1)
 
 
@@ -128,28 +124,28 @@ def load_memory(file: Path, separator: str, wanted: Wanted) -> items.Memory | No
 
 
 def one_temperature(model: CharRNN, vocab: Vocab, cfg: SampleConfig, separator: str, device: torch.device,
-                    precision: str, wanted: Wanted, memory: items.Memory | None, temperature: float,
-                    several: bool) -> Iterator[str]:
-    tally, seen, written = Tally(), set(), [0]
+                    precision: str, wanted: Wanted, memory: items.Memory | None, several: bool) -> Iterator[str]:
+    """The items written at cfg.temperature, each with its separator (and mark); its tally on stderr (headed by
+    the temperature when several)."""
+    tally, seen = Tally(), set()
     cap = wanted.max_draws or 100 * wanted.count
-    for item in rounds(model, vocab, cfg, separator, device, precision, sizes(wanted, written)):
+    for item in rounds(model, vocab, cfg, separator, device, precision, sizes(wanted, tally)):
         if item:
             mark = memory.mark(vocab.encode(item)) if memory is not None else "new"
             tally.drawn[mark] += 1
             if keep(item, mark, wanted, seen, tally):
                 yield (f"{mark}\t" if wanted.mark else "") + item + separator
-                written[0] += 1
+                tally.written += 1
         else:
             tally.unfinished += item is None
             tally.empty += item == ""
-        if written[0] == wanted.count:
+        if tally.written == wanted.count:
             break
         if tally.total >= cap:
-            warn(f"gave up after drawing {counted(cap, 'item')} (--max-draws): {written[0]:,} of {wanted.count:,} "
+            warn(f"gave up after drawing {counted(cap, 'item')} (--max-draws): {tally.written:,} of {wanted.count:,} "
                  "written")
             break
-    info(("" if not several else f"temperature {temperature:g}: ") + tally.summary(wanted, written[0],
-                                                                                    memory is not None))
+    info(("" if not several else f"temperature {cfg.temperature:g}: ") + tally.summary(wanted, memory is not None))
 
 
 def keep(item: str, mark: str, wanted: Wanted, seen: set[str], tally: Tally) -> bool:

@@ -200,8 +200,14 @@ def prime_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
-def heading(temperature: float) -> str:
-    return f"== temperature {temperature:g} ==\n"
+def blocks(cfg: SampleConfig, temperatures: list[float], headers: bool,
+           between: str = "") -> Iterator[tuple[str, SampleConfig]]:
+    """(text before the block, cfg at the temperature) for each temperature in order, each block keeping cfg.seed
+    (as a run at that temperature alone); the text before is between (from the second block on), then the block's
+    heading when headers."""
+    for k, temperature in enumerate(temperatures):
+        before = (between if k else "") + (f"== temperature {temperature:g} ==\n" if headers else "")
+        yield before, dataclasses.replace(cfg, temperature=temperature)
 
 
 def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str, precision: str, prime: str,
@@ -216,18 +222,14 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
         raise CharrnnError(f"{'--prime-file ' + str(prime_file) if prime_file else 'the prime'} has no lines to "
                            "continue (--each-line)")
     rows = len(primes) if primes else cfg.num_samples
-    model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
+    _, model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
                                                      min(rows, MAX_SAMPLES))
     unknown = vocab.unknown("".join(primes) if primes else text)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
     cfg.prime = "" if primes else text
-    for k, temperature in enumerate(temperatures or [cfg.temperature]):
-        if k:
-            yield cfg.separator
-        if headers:
-            yield heading(temperature)
-        block = dataclasses.replace(cfg, temperature=temperature)
+    for before, block in blocks(cfg, temperatures or [cfg.temperature], headers, cfg.separator):
+        yield before
         if primes is None:
             yield from in_order(generate_batch(model, vocab, block, block.seed, device, precision=precision),
                                 block.num_samples, block.prime, block.separator)

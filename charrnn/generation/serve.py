@@ -47,17 +47,16 @@ def load(targets: list[str], device_name: str, precision: str, timeout: float) -
     stem) unless NAME= gives one; two of one name are refused."""
     from charrnn.generation.api import Served
     from charrnn.generation.batcher import Batcher
-    from charrnn.model.files import BEST, LAST, find_checkpoint, load_chosen
+    from charrnn.model.files import BEST, LAST, load_chosen
 
     served, files = {}, {}
     for target in targets or [None]:
         name, path = named(target)
-        file = find_checkpoint(path)
+        file, model, vocab, meta, device, chosen = load_chosen(path, device_name, precision, None, "sample")
         name = name or (file.parent.resolve().name if file.name in (BEST, LAST) else file.stem)
         if name in served:
             raise UsageError(f"two models are named {printable(name)!r} ({printable(str(files[name]))} and "
                              f"{printable(str(file))}); name one of them with NAME=RUN_OR_FILE")
-        model, vocab, meta, device, chosen = load_chosen(file, device_name, precision, "serving", "sample")
         cfg = model.cfg
         about = {"cell": cfg.cell, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
                  "vocab_size": len(vocab), "step": meta.get("progress", {}).get("step"), "precision": chosen}

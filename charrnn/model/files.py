@@ -232,16 +232,16 @@ def load_model(path: Path, device: torch.device) -> tuple[CharRNN, Vocab, dict]:
     return model.to(device).eval(), vocab, meta
 
 
-def load_chosen(target: Path | None, device_name: str, precision: str, verb: str, path: str = "train",
-                rows: int = 1):
-    """(model, vocab, meta, device, precision) of the checkpoint the user named (find_checkpoint), the device and
-    precision (for path and rows: device.precision) checked first; says at a terminal which file, unless a file
-    was named."""
+def load_chosen(target: Path | None, device_name: str, precision: str, verb: str | None, path: str = "train",
+               rows: int = 1) -> tuple[Path, CharRNN, Vocab, dict, torch.device, str]:
+    """(file, model, vocab, meta, device, precision) of the checkpoint the user named (find_checkpoint), the device
+    and precision (for path and rows: device.precision) checked first; says at a terminal which file ("verb FILE"),
+    unless a file was named or verb is None."""
     device = devices.pick(device_name)
     devices.precision(precision, device, path)  # refused before anything is read
     file = find_checkpoint(target)
     model, vocab, meta = load_model(file, device)
     precision = devices.precision(precision, device, path, model.cfg, rows)
-    if file != target:  # not the file the user named
+    if verb is not None and file != target:  # not the file the user named
         note(f"{verb} {file}")
-    return model, vocab, meta, device, precision
+    return file, model, vocab, meta, device, precision
