@@ -87,7 +87,8 @@ FINETUNE = {  # TrainConfig's defaults that differ when --init-from starts from 
     "lr": 1e-3,  # a sixth of a new run's: with dropout 0.2, the lowest held-out loss on a small text (1.477 against
     # 1.486 at 2e-3 and 1.508 at 2e-3 without dropout), overfitting it least; --warmup-steps stays 20
     "batch_size": 8,  # a quarter of a new run's: four times the updates per pass over a small text, each from a
-    # quarter of the characters; best held-out 1.433 against 1.494 at 32 (4: 1.432; 16: 1.454), 2,800 steps each
+    # quarter of the characters; best held-out 1.433 against 1.494 at 32 and 1.454 at 16 over the same 1.4 million
+    # characters (4: 1.432 over half as many)
     "weight_decay": 0.3,  # three times a new run's: with batch 8, 1.414 against 1.433 at 0.1 (0.5: 1.410; 0.7:
     # 1.435; 1.0: 1.489); decay towards the source's weights instead of zero did worse (1.518 against 1.494)
 }
