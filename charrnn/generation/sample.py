@@ -222,8 +222,8 @@ def sample_text(*, checkpoint: Path | None, cfg: SampleConfig, device_name: str,
         raise CharrnnError(f"{'--prime-file ' + str(prime_file) if prime_file else 'the prime'} has no lines to "
                            "continue (--each-line)")
     rows = len(primes) if primes else cfg.num_samples
-    _, model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from", "sample",
-                                                     min(rows, MAX_SAMPLES))
+    _, model, vocab, _, device, precision = load_chosen(checkpoint, device_name, precision, "sampling from",
+                                                        "sample", min(rows, MAX_SAMPLES))
     unknown = vocab.unknown("".join(primes) if primes else text)
     if unknown:
         warn(f"prime characters not in the model's vocabulary, skipped: {''.join(unknown)!r}")
