@@ -2,8 +2,8 @@
 
 Both steps hold the state of B rows and share one interface: step(ids (B,)) -> logits (B, V) of the next
 character, keep(rows) to go on with some rows only, state() and allocate(state) to read or replace every row's
-state, and now() for row 0's state. ModelStep calls the model's
-own modules (the reference); FusedStep computes exactly the same function faster.
+state, and now() for row 0's state. ModelStep calls the model's own modules (the reference); FusedStep computes
+exactly the same function faster.
 
 Calling nn.LSTM/GRU/RNN once per character costs far more in per-call overhead than the work itself, which at
 batch 1 is one matrix-vector product per weight matrix. FusedStep computes it with:
